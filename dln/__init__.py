@@ -1,0 +1,8 @@
+"""Variational inference over LLM latent text: prompts and thinking traces as latent variables."""
+
+from dln.errors import DLNError
+from dln.lm import LanguageModel, load_model
+
+__version__ = "0.1.0"
+
+__all__ = ["DLNError", "LanguageModel", "load_model", "__version__"]

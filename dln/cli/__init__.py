@@ -1,0 +1,66 @@
+"""The `dln` command line: one entry point, a subcommand per job.
+
+Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `handler`. A
+`DLNError` ends the command with one line on stderr and exit status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dln import __version__
+from dln.errors import DLNError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show every option's default and keep the descriptions' line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dln.cli import lm_commands
+
+    parser = argparse.ArgumentParser(
+        prog="dln",
+        description="Variational inference over LLM latent text: prompts and thinking traces as latent variables.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dln {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    lm_commands.register(subparsers)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notes) would bury the JSON lines we print."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 0
+    quiet_libraries()
+    try:
+        return args.handler(args) or 0
+    except DLNError as err:
+        print(f"dln: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

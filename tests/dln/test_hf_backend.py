@@ -1,0 +1,117 @@
+"""The transformers backend against direct transformers forwards on the real default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+CONTEXTS = [
+    "The capital of France is",
+    "Q: What is 2 + 2?\nA:",
+    "Once upon a time, a small cat sat on a mat and",
+    "x",
+]
+CONTINUATIONS = [" Paris", " 4, of course.", " fell asleep in the warm sun", " y z"]
+CHAT = [{"role": "user", "content": "Name one colour."}]
+
+
+def direct_token_logprobs(model, context_ids: list[int], continuation_ids: list[int]) -> list[float]:
+    """One plain forward over the concatenated ids: the reference the backend must match."""
+    ids = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model.model(ids).logits[0].float(), dim=-1)  # (T, V)
+    return [logprobs[len(context_ids) - 1 + j, t].item() for j, t in enumerate(continuation_ids)]
+
+
+def test_score_matches_a_direct_forward(hf_model):
+    scores = hf_model.score(CONTEXTS, CONTINUATIONS)
+    tok = hf_model.tokenizer
+    for context, continuation, got in zip(CONTEXTS, CONTINUATIONS, scores):
+        cont_ids = tok(continuation, add_special_tokens=False).input_ids
+        want = direct_token_logprobs(hf_model, tok(context).input_ids, cont_ids)
+        assert len(got) == len(cont_ids)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_chat_context_is_scored_through_the_chat_template(hf_model):
+    (got,) = hf_model.score([CHAT], ["Blue"])
+    tok = hf_model.tokenizer
+    rendered = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert rendered.rstrip().endswith("assistant")
+    want = direct_token_logprobs(hf_model, tok(rendered, add_special_tokens=False).input_ids,
+                                 tok("Blue", add_special_tokens=False).input_ids)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_batched_score_equals_one_by_one(hf_model):
+    batched = hf_model.score(CONTEXTS, CONTINUATIONS)
+    for context, continuation, row in zip(CONTEXTS, CONTINUATIONS, batched):
+        np.testing.assert_allclose(hf_model.score([context], [continuation])[0], row, atol=1e-4)
+
+
+def test_score_of_an_empty_continuation_is_empty(hf_model):
+    assert hf_model.score(["Hello"], [""]) == [[]]
+
+
+def test_classify_is_normalised_and_matches_score(hf_model):
+    labels = [" yes", " no", " maybe not"]
+    prompts = ["Is the sky blue? Answer:", "Is fire cold? Answer:"]
+    logprobs = hf_model.classify(prompts, labels)
+    assert logprobs.shape == (2, 3)
+    np.testing.assert_allclose(np.exp(logprobs).sum(axis=1), 1.0, atol=1e-6)
+    totals = [[sum(hf_model.score([p], [lab])[0]) for lab in labels] for p in prompts]
+    want = np.array(totals) - np.logaddexp.reduce(np.array(totals), axis=1, keepdims=True)
+    np.testing.assert_allclose(logprobs, want, atol=1e-4)
+
+
+def test_greedy_generation_is_deterministic_and_batch_independent(hf_model):
+    prompts = ["The capital of France is", CHAT, "1, 2, 3, 4,"]
+    first = hf_model.generate(prompts, max_tokens=12)
+    assert first == hf_model.generate(prompts, max_tokens=12)
+    assert [hf_model.generate([p], max_tokens=12)[0] for p in prompts] == first
+    assert all(len(c) == 1 and c[0].strip() for c in first)
+
+
+def test_chat_prompt_generates_like_its_rendered_template(hf_model):
+    rendered = hf_model.tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    as_chat = hf_model.generate([CHAT], max_tokens=10)
+    assert as_chat[0][0].strip()
+    # the raw string gets no extra special tokens from this tokenizer, so both are the same token ids
+    assert hf_model.generate([rendered], max_tokens=10) == as_chat
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(hf_model):
+    kwargs = dict(n=3, temperature=1.0, max_tokens=12)
+    a = hf_model.generate(["Once upon a time"], seed=7, **kwargs)
+    assert a == hf_model.generate(["Once upon a time"], seed=7, **kwargs)
+    # the same prompt inside a bigger batch gets the same samples
+    assert hf_model.generate(["Hello", "Once upon a time"], seed=7, **kwargs)[1] == a[0]
+    assert hf_model.generate(["Once upon a time"], seed=8, **kwargs) != a
+    assert len(set(a[0])) > 1  # n samples are not copies
+
+
+def test_stop_strings_end_and_are_excluded(hf_model):
+    (full,) = hf_model.generate(["Count: 1, 2, 3,"], max_tokens=20)
+    assert " 5," in full[0]
+    (cut,) = hf_model.generate(["Count: 1, 2, 3,"], max_tokens=20, stop=[" 5,"])
+    assert cut[0] == full[0][: full[0].index(" 5,")]
+
+
+def test_zero_max_tokens_returns_empty_completions(hf_model):
+    assert hf_model.generate(["Hi", "There"], n=2, max_tokens=0) == [["", ""], ["", ""]]
+
+
+@pytest.mark.parametrize("bad", [{"n": 0}, {"temperature": -1.0}, {"max_tokens": -5}])
+def test_invalid_sampling_options_are_clear_errors(hf_model, bad):
+    from dln import DLNError
+
+    with pytest.raises(DLNError, match=next(iter(bad))):
+        hf_model.generate(["Hi"], **bad)
+
+
+def test_malformed_chat_message_is_a_clear_error(hf_model):
+    from dln import DLNError
+
+    with pytest.raises(DLNError, match="role"):
+        hf_model.generate([[{"text": "hi"}]])
