@@ -44,4 +44,4 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_score.py
 
--include Makefile.vllm
+include Makefile.vllm
