@@ -26,12 +26,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m dln prepare
 	touch $@
 
+# The main job: DLN-1 prompt training on a shipped task with the default model, before/after accuracy.
+DEMO_CONFIG ?= configs/dln1/topic.yaml
+DEMO_FLAGS ?= --preset light --quiet
 demo: setup
-	$(VENV)/bin/dln generate --chat --max-tokens 40 "Name three colours of the rainbow."
-	$(VENV)/bin/dln score --context "The capital of France is" --continuation " Paris" \
-	  --context "The capital of France is" --continuation " London"
-	$(VENV)/bin/dln classify --label " positive" --label " negative" \
-	  "Review: a warm, funny and moving film. Sentiment:" "Review: dull, far too long and badly acted. Sentiment:"
+	$(VENV)/bin/dln train --config $(DEMO_CONFIG) $(DEMO_FLAGS) --iterations 0 --out runs/demo-initial
+	$(VENV)/bin/dln eval --run runs/demo-initial --split test
+	$(VENV)/bin/dln train --config $(DEMO_CONFIG) $(DEMO_FLAGS) --out runs/demo
+	$(VENV)/bin/dln eval --run runs/demo --split test
 
 test: test-main test-vllm
 

@@ -2,7 +2,8 @@
 
 from dln.errors import DLNError
 from dln.lm import LanguageModel, load_model
+from dln.program import Program, load_program
 
 __version__ = "0.1.0"
 
-__all__ = ["DLNError", "LanguageModel", "load_model", "__version__"]
+__all__ = ["DLNError", "LanguageModel", "Program", "load_model", "load_program", "__version__"]

@@ -20,7 +20,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dln.cli import lm_commands
+    from dln.cli import lm_commands, serve_command, train_command
 
     parser = argparse.ArgumentParser(
         prog="dln",
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dln {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     lm_commands.register(subparsers)
+    serve_command.register(subparsers)
+    train_command.register(subparsers)
     return parser
 
 
@@ -47,13 +49,15 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 0
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_libraries()
     try:
-        return args.handler(args) or 0
+        return (args.handler(args, extra) if getattr(args, "accepts_overrides", False) else args.handler(args)) or 0
     except DLNError as err:
         print(f"dln: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,276 @@
+"""Serving throughput: the micro-batched server against one-request-at-a-time serving, same machine, same run.
+
+Starts two `dln serve` processes on loopback ports: one batched (`--max-batch-size 32`) and one that serves
+one request per model call (`--max-batch-size 1`). At each concurrency level (1, 8, 32 clients) it sends
+the same fixed number of greedy completion requests to each server in turn, with a time cap per run, and
+prints requests/s, p50/p99 latency, errors, lost requests, and the throughput ratio batched / one-at-a-time.
+Runs alternate between the two servers level by level, so background load on a shared machine hits both
+alike. Greedy answers of the batched server are compared with the one-at-a-time server's.
+
+    python benchmarks/bench_serve.py [--requests 64] [--time-cap 120] [--levels 1 8 32] [--max-tokens 16]
+                                     [--threads 1]
+    python benchmarks/bench_serve.py --soak 600    # by hand: 10 minutes at moderate load, memory start/end
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import httpx
+
+SUBJECTS = [
+    "the sea",
+    "a small town",
+    "winter",
+    "a lost key",
+    "the first train",
+    "an old library",
+    "bread",
+    "a mountain road",
+    "the moon",
+    "a garden",
+    "rain at night",
+    "a chess game",
+    "the market",
+    "a violin",
+    "an empty station",
+    "coffee",
+]
+PROMPTS = [f"Write one sentence about {s}:" for s in SUBJECTS]
+
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    sent: int = 0
+    elapsed: float = 0.0
+    answers: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - len(self.latencies) - self.errors
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(name: str, max_batch_size: int, args: argparse.Namespace):
+    """A `dln serve` subprocess on a free loopback port; yields its /v1 URL."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "dln",
+        "serve",
+        "--model",
+        args.model,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max_batch_size),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--threads",
+        str(args.threads),
+        "--log-level",
+        "warning",
+    ]
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the {name} server exited:\n{log.read()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {name} server did not start within 300 s")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+async def load(base_url: str, clients: int, requests: int, time_cap: float, max_tokens: int) -> Run:
+    """`clients` concurrent loops sending greedy completions until `requests` are sent or time is up."""
+    run = Run()
+    next_index = 0
+    start = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=base_url, timeout=time_cap + 300, limits=httpx.Limits(max_connections=clients + 4)
+    ) as client:
+
+        async def worker() -> None:
+            nonlocal next_index
+            while next_index < requests and time.perf_counter() - start < time_cap:
+                index = next_index
+                next_index += 1
+                run.sent += 1
+                body = {
+                    "model": "default",
+                    "prompt": PROMPTS[index % len(PROMPTS)],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
+                sent_at = time.perf_counter()
+                try:
+                    response = await client.post("/completions", json=body)
+                    data = response.json()
+                    ok = (
+                        response.status_code == 200
+                        and len(data["choices"]) == 1
+                        and data["usage"]["total_tokens"]
+                    )
+                except (httpx.HTTPError, ValueError, KeyError):
+                    ok = False
+                if ok:
+                    run.latencies.append(time.perf_counter() - sent_at)
+                    run.answers[index] = data["choices"][0]["text"]
+                else:
+                    run.errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+    run.elapsed = time.perf_counter() - start
+    return run
+
+
+def stats_line(label: str, clients: int, run: Run) -> str:
+    return (
+        f"{label:<14} {clients:>7} {len(run.latencies):>5} {run.errors:>6} {run.lost:>4} {run.rate:>8.2f} "
+        f"{run.percentile(0.5):>8.2f} {run.percentile(0.99):>8.2f} {run.elapsed:>8.1f}"
+    )
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak(args: argparse.Namespace) -> None:
+    """Moderate load for `args.soak` seconds; memory after warm-up, every minute, and at the end."""
+    with server("batched", 32, args) as (url, pid):
+        asyncio.run(load(url, args.soak_clients, 2 * args.soak_clients, args.time_cap, args.max_tokens))
+        start_rss, samples = rss_mib(pid), []
+        print(
+            f"soak: {args.soak_clients} clients for {args.soak:.0f} s; RSS after warm-up {start_rss:.1f} MiB"
+        )
+        total, deadline = Run(), time.monotonic() + args.soak
+        while time.monotonic() < deadline:
+            minute = min(60.0, deadline - time.monotonic())
+            run = asyncio.run(load(url, args.soak_clients, 10**9, minute, args.max_tokens))
+            total.latencies += run.latencies
+            total.errors += run.errors
+            total.sent += run.sent
+            total.elapsed += run.elapsed
+            samples.append(rss_mib(pid))
+            print(
+                f"  {total.elapsed:6.0f} s: {run.rate:5.2f} req/s, p50 {run.percentile(0.5):.2f} s, "
+                f"errors {run.errors}, RSS {samples[-1]:.1f} MiB",
+                flush=True,
+            )
+        print(
+            f"soak: {len(total.latencies)} requests, {total.errors} errors, {total.lost} lost; RSS start "
+            f"{start_rss:.1f} MiB, end {samples[-1]:.1f} MiB, max {max(samples):.1f} MiB "
+            f"(growth {samples[-1] - start_rss:+.1f} MiB)"
+        )
+        if total.errors or total.lost:
+            sys.exit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="hf:default", help="model URI both servers serve")
+    parser.add_argument("--requests", type=int, default=64, help="requests per server and level")
+    parser.add_argument("--time-cap", type=float, default=120.0, help="seconds per server and level")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients")
+    parser.add_argument("--max-tokens", type=int, default=16, help="tokens per completion")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="the batched server's wait")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        help="instead: run the batched server at moderate load (--soak-clients) for this many seconds and "
+        "report its memory at start and end",
+    )
+    parser.add_argument("--soak-clients", type=int, default=8, help="concurrent clients during --soak")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per server (1: steady on a shared CPU; 0: torch's default)",
+    )
+    args = parser.parse_args()
+
+    print(
+        f"model {args.model}, {args.requests} requests per run (cap {args.time_cap:.0f} s), "
+        f"{args.max_tokens} tokens each, torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs"
+    )
+    if args.soak:
+        return soak(args)
+    with server("batched", 32, args) as (batched, _), server("one-at-a-time", 1, args) as (single, _):
+        # one untimed request each: the first one pays for lazy initialisation
+        for url in (batched, single):
+            asyncio.run(load(url, 1, 1, args.time_cap, args.max_tokens))
+        print(
+            f"{'server':<14} {'clients':>7} {'ok':>5} {'errors':>6} {'lost':>4} {'req/s':>8} {'p50 s':>8} "
+            f"{'p99 s':>8} {'wall s':>8}"
+        )
+        ratios, mismatches, problems = {}, 0, 0
+        for clients in args.levels:
+            one = asyncio.run(load(single, clients, args.requests, args.time_cap, args.max_tokens))
+            print(stats_line("one-at-a-time", clients, one), flush=True)
+            many = asyncio.run(load(batched, clients, args.requests, args.time_cap, args.max_tokens))
+            print(stats_line("batched", clients, many), flush=True)
+            ratios[clients] = many.rate / one.rate if one.rate else float("nan")
+            mismatches += sum(
+                many.answers[i] != one.answers[i] for i in many.answers.keys() & one.answers.keys()
+            )
+            problems += one.errors + one.lost + many.errors + many.lost
+        for clients, ratio in ratios.items():
+            print(f"throughput ratio batched / one-at-a-time at {clients:>2} clients: {ratio:.2f}x")
+        print(
+            f"errors + lost requests: {problems}; greedy answers differing between the servers: {mismatches}"
+        )
+        if problems:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Typed run configs: a dataclass, a YAML file under `configs/`, and `--key value` overrides on the command line.
+
+Unknown keys, wrong types and unparsable YAML are `DLNError`s that name the key or the line. The resolved
+config is what a run writes to its run directory, so a run can be resumed or repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dln.errors import DLNError
+
+C = TypeVar("C")
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def build_config(cls: type[C], values: dict[str, Any], *, source: str = "config") -> C:
+    """Instantiate `cls` from a mapping, checking every key and coercing every value to the field's type."""
+    known = config_fields(cls)
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise DLNError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(known)}")
+    coerced = {key: coerce(value, hints[key], f"{source}: {key}") for key, value in values.items()}
+    try:
+        return cls(**coerced)
+    except (TypeError, ValueError) as err:
+        raise DLNError(f"{source}: {err}") from err
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Defaults of `cls`, then the YAML file, then the overrides (strings from the command line are parsed)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(read_yaml(path))
+    values.update(overrides or {})
+    return build_config(cls, values, source=str(path) if path else "config")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DLNError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise DLNError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DLNError(f"{path}: a config must be a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["--iterations", "5", "--seed=13"]` -> {"iterations": "5", "seed": "13"} (coerced later by type)."""
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(pairs):
+        item = pairs[i]
+        if not item.startswith("--"):
+            raise DLNError(f"unexpected argument {item!r}: overrides look like --key value or --key=value")
+        key, sep, value = item[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(pairs) or pairs[i + 1].startswith("--"):
+                raise DLNError(f"override --{key} needs a value")
+            value = pairs[i + 1]
+            i += 1
+        overrides[key.replace("-", "_")] = value
+        i += 1
+    return overrides
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert YAML values and command-line strings to the annotated type, or say what was expected."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
+            if type(None) in typing.get_args(hint):
+                return None
+        errors = []
+        for option in options:
+            try:
+                return coerce(value, option, where)
+            except DLNError as err:
+                errors.append(str(err))
+        raise DLNError(errors[0] if errors else f"{where}: cannot use {value!r}")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise DLNError(f"{where}: expected a list, got {value!r}")
+        (item_hint, *_) = typing.get_args(hint) or (Any,)
+        items = [coerce(v, item_hint, where) for v in value]
+        return items if origin is list else tuple(items)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "yes", "1", "false", "no", "0"}:
+            return value.lower() in {"true", "yes", "1"}
+        raise DLNError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise DLNError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise DLNError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise DLNError(f"{where}: expected an integer, got {value!r}")
+        return number
+    if hint is str:
+        if isinstance(value, dict | list):
+            raise DLNError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return build_config(hint, value, source=where)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise DLNError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,106 @@
+"""One DLN-2 iteration: variational inference over the hidden layer's text h.
+
+With x the input, y the gold label, π1 the hidden layer's prompt and π2 the output layer's:
+
+    h_k ~ q(h | x, y), k = 1..K          (the hidden layer's prompt with the answer as a hint)
+    log w_k = log p(y | x, h_k; π2) + log p(h_k | x; π1) - log q(h_k | x, y)
+    w̄ = softmax(log w / T)                (posterior weights over the K samples, `dln.vi`)
+    π2 <- argmax_π Σ_i Σ_k w̄_ik log p(y_i | x_i, h_ik; π)
+    π1 <- argmax_π Σ_i Σ_k w̄_ik log p(h_ik | x_i; π) - λ |Δ mean log p(h | x)|   (λ: trust region)
+
+The step reports the ELBO mean_k log w_k, the multi-sample bound log mean_k w_k and the effective sample
+size of w̄, averaged over the minibatch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dln import vi
+from dln.dln1 import Batch, split_outcomes
+from dln.layers import LanguageLayer
+from dln.lm.base import LanguageModel
+from dln.meta import Example, propose_prompts
+from dln.scoring import gold_logprobs, label_logprobs
+from dln.train_config import TrainConfig
+
+POSTERIOR_TEMPLATE = "{{ prompt }}\n\n{{ input }}\n\nThe correct answer is: {{ target }}."
+
+
+def sample_posterior(hidden: LanguageLayer, model: LanguageModel, batch: Batch, config: TrainConfig, seed: int):
+    """K hidden texts per example from q(h | x, y), with their log q; flattened example-major (B*K)."""
+    posterior = LanguageLayer(prompt=hidden.prompt, template=POSTERIOR_TEMPLATE, chat=hidden.chat)
+    contexts = [posterior.render(x, target=y) for x, y in zip(batch.inputs, batch.targets)]
+    samples = model.generate(contexts, n=config.num_hidden_samples, temperature=config.hidden_temperature,
+                             max_tokens=config.hidden_max_tokens, seed=seed)
+    texts = [s.strip() or "(empty)" for row in samples for s in row]
+    repeated = [c for c in contexts for _ in range(config.num_hidden_samples)]
+    log_q = np.array([sum(s) for s in model.score(repeated, [hidden.label_text(t) for t in texts])])
+    return texts, log_q
+
+
+def repeat(batch: Batch, k: int) -> Batch:
+    return Batch([x for x in batch.inputs for _ in range(k)], [t for t in batch.targets for _ in range(k)],
+                 [ls for ls in batch.label_sets for _ in range(k)])
+
+
+def weighted_objective(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Σ_k w̄_ik v_ik averaged over examples; values (P, B*K), weights (B, K) -> (P,)."""
+    return (values.reshape(values.shape[0], *weights.shape) * weights).sum(axis=2).mean(axis=1)
+
+
+def dln2_step(hidden: LanguageLayer, output: LanguageLayer, model: LanguageModel, backward: LanguageModel,
+              batch: Batch, config: TrainConfig, labels: list[str], seed: int) -> dict:
+    """Update both layers' prompts in place; return the iteration's metrics."""
+    k = config.num_hidden_samples
+    texts, log_q = sample_posterior(hidden, model, batch, config, seed)
+    flat = repeat(batch, k)
+    log_p_h = hidden.log_p(model, flat.inputs, texts)
+    (rows,) = label_logprobs(output, model, [output.prompt], flat.inputs, flat.label_sets, texts)
+    log_p_y = gold_logprobs([rows], flat.targets, flat.label_sets)[0]
+    log_w = torch.tensor(log_p_y + log_p_h - log_q).reshape(len(batch.inputs), k)  # (B, K)
+    weights = vi.normalized_weights(log_w, temperature=config.posterior_temperature).numpy()
+    metrics = {
+        "elbo": float(vi.elbo(log_w).mean()),
+        "iw_bound": float(vi.iw_bound(log_w).mean()),
+        "ess": float(vi.effective_sample_size(log_w).mean()),
+        "hidden_length": float(np.mean([len(t.split()) for t in texts])),
+    }
+
+    # π2: candidates see the minibatch with its most probable hidden text
+    best_k = weights.argmax(axis=1)
+    best_hidden = [texts[i * k + j] for i, j in enumerate(best_k)]
+    predicted = [labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))]
+    successes, errors = split_outcomes(batch, predicted, best_hidden)
+    proposals = propose_prompts(backward, output.prompt, successes, errors, labels,
+                                num=config.num_candidates - 1, temperature=config.backward_temperature,
+                                max_tokens=config.backward_max_tokens, seed=seed)
+    scores2 = weighted_objective(log_p_y[None, :], weights).tolist()
+    if proposals:
+        per = label_logprobs(output, model, proposals, flat.inputs, flat.label_sets, texts)
+        scores2 += weighted_objective(gold_logprobs(per, flat.targets, flat.label_sets), weights).tolist()
+    best2 = int(np.argmax(scores2))
+    output.prompt = ([output.prompt] + proposals)[best2]
+
+    # π1: candidates should make the posterior's good hidden texts likely from x alone
+    shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
+    proposals = propose_prompts(backward, hidden.prompt, shown, [], [], num=config.num_candidates - 1,
+                                temperature=config.backward_temperature, max_tokens=config.backward_max_tokens,
+                                seed=seed + 1)
+    scores1 = weighted_objective(log_p_h[None, :], weights).tolist()
+    for prompt in proposals:
+        candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
+        drift = abs(float(candidate_log_p.mean() - log_p_h.mean()))
+        scores1.append(float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift)
+    best1 = int(np.argmax(scores1))
+    hidden.prompt = ([hidden.prompt] + proposals)[best1]
+
+    metrics.update({
+        "objective": scores2[best2],
+        "objective_before": scores2[0],
+        "hidden_objective": scores1[best1],
+        "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, batch.targets)])),
+        "prompt_changed": best2 != 0 or best1 != 0,
+    })
+    return metrics

@@ -1,0 +1,155 @@
+"""Prompt training from a config: DLN-1, DLN-2 and the zero-shot / in-context baselines, resumable.
+
+    trainer = PromptTrainer(config, "runs/navigate")
+    program = trainer.fit()          # writes config.yaml, metrics.jsonl, checkpoint.json, program.json
+
+Everything random is derived from (seed, iteration): the minibatch and the proposals' sampling seed. A killed
+run restarts from its last checkpoint and, with the request cache, redoes no model call it already made; its
+final program equals the uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from tqdm.auto import tqdm
+
+from dln.config import dump_yaml
+from dln.data.loading import Task, example_labels, load_task
+from dln.dln1 import Batch, dln1_step
+from dln.dln2 import dln2_step
+from dln.errors import DLNError
+from dln.layers import LanguageLayer
+from dln.lm import LanguageModel, load_model
+from dln.program import Program
+from dln.rundir import RunDir
+from dln.train_config import TrainConfig
+
+
+def split_batch(split, labels: list[str], indices: list[int] | None = None) -> Batch:
+    rows = split if indices is None else split.select(indices)
+    return Batch(list(rows["input"]), list(rows["target"]), example_labels(rows, labels))
+
+
+def balanced_minibatch(targets: list[str], size: int, rng: random.Random) -> list[int]:
+    """Round-robin over the classes (each shuffled), so every label is shown as often as possible."""
+    by_class: dict[str, list[int]] = defaultdict(list)
+    for i, target in enumerate(targets):
+        by_class[target].append(i)
+    pools = [rng.sample(v, len(v)) for _, v in sorted(by_class.items())]
+    picked: list[int] = []
+    while len(picked) < min(size, len(targets)):
+        for pool in pools:
+            if pool and len(picked) < size:
+                picked.append(pool.pop())
+    return sorted(picked)
+
+
+def icl_prompt(config: TrainConfig, task: Task) -> str:
+    rng = random.Random(config.seed)
+    shots = balanced_minibatch(list(task.train["target"]), config.icl_shots, rng)
+    rows = task.train.select(shots)
+    examples = "\n\n".join(f"Input: {x}\nOutput: {y}" for x, y in zip(rows["input"], rows["target"]))
+    return f"{config.initial_prompt}\n\nExamples:\n\n{examples}" if examples else config.initial_prompt
+
+
+class PromptTrainer:
+    """Trains the program a `TrainConfig` describes into a run directory."""
+
+    def __init__(self, config: TrainConfig, out: str, *, model: LanguageModel | None = None,
+                 backward: LanguageModel | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.run = RunDir(out)
+        self.task = load_task(config.task, train=config.train, dev=config.dev, test=config.test)
+        if len(self.task.train) == 0 or len(self.task.dev) == 0:
+            raise DLNError("the train and dev splits must not be empty")
+        self.model = model or load_model(config.model)
+        self.backward = backward or (load_model(config.backward_model) if config.backward_model else self.model)
+        self.progress = progress
+        dev = self.task.dev if not config.dev_size else self.task.dev.select(range(min(config.dev_size,
+                                                                                       len(self.task.dev))))
+        self.dev_batch = split_batch(dev, self.task.labels)
+
+    # -- the program being trained -------------------------------------------------------------------
+    def initial_prompts(self) -> dict[str, str | None]:
+        config = self.config
+        output = icl_prompt(config, self.task) if config.method == "icl" else config.initial_prompt
+        return {"output": output, "hidden": config.hidden_prompt if config.method == "dln2" else None}
+
+    def program(self, prompts: dict[str, str | None]) -> Program:
+        config = self.config
+        hidden = (LanguageLayer(prompts["hidden"], config.hidden_template) if prompts.get("hidden") is not None
+                  else None)
+        return Program(model_uri=config.model, output=LanguageLayer(prompts["output"], config.template),
+                       labels=self.task.labels, hidden=hidden, hidden_max_tokens=config.hidden_max_tokens,
+                       metadata={"method": config.method, "task": self.task.name, "seed": config.seed}
+                       ).bind(self.model)
+
+    def dev_accuracy(self, prompts: dict[str, str | None]) -> float:
+        batch = self.dev_batch
+        answers = self.program(prompts).predict(batch.inputs, batch.label_sets)
+        return sum(a == t for a, t in zip(answers, batch.targets)) / len(answers)
+
+    # -- budget --------------------------------------------------------------------------------------
+    def projected_calls(self) -> dict[str, int]:
+        """Backend requests the run will make at most (before the cache): generations and scored contexts."""
+        c = self.config
+        if c.method in ("zero_shot", "icl"):
+            return {"generations": 0, "scored_contexts": len(self.dev_batch.inputs)}
+        evals = c.iterations // c.eval_every + 2
+        dev = len(self.dev_batch.inputs)
+        if c.method == "dln1":
+            return {"generations": c.iterations * (c.num_candidates - 1),
+                    "scored_contexts": c.iterations * c.num_candidates * c.batch_size + evals * dev}
+        bk = c.batch_size * c.num_hidden_samples
+        return {"generations": c.iterations * (bk + 2 * (c.num_candidates - 1)) + evals * dev,
+                "scored_contexts": c.iterations * (3 * bk + 2 * c.num_candidates * bk) + evals * dev}
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> Program:
+        config = self.config
+        resuming = self.run.start(dump_yaml(config))
+        state = self.run.load_checkpoint() if resuming else None
+        if state is None:
+            prompts = self.initial_prompts()
+            dev = self.dev_accuracy(prompts)
+            state = {"iteration": 0, "prompts": prompts, "best": {"prompts": prompts, "dev_accuracy": dev,
+                                                                  "iteration": 0}}
+            self.run.log({"iteration": 0, "dev_accuracy": dev})
+            self.run.save_checkpoint(state)
+        iterations = config.iterations if config.method in ("dln1", "dln2") else 0
+        layers = self.program(state["prompts"])
+        train_targets = list(self.task.train["target"])
+        bar = tqdm(total=iterations, initial=state["iteration"], desc=f"{config.method} {self.task.name}",
+                   disable=not self.progress, unit="it")
+        bar.set_postfix(dev=f"{state['best']['dev_accuracy']:.3f}")
+        for iteration in range(state["iteration"] + 1, iterations + 1):
+            rng = random.Random(f"{config.seed}-{iteration}")
+            batch = split_batch(self.task.train, self.task.labels,
+                                balanced_minibatch(train_targets, config.batch_size, rng))
+            seed = config.seed * 100_003 + iteration
+            if config.method == "dln1":
+                metrics = dln1_step(layers.output, self.model, self.backward, batch, config, self.task.labels, seed)
+            else:
+                metrics = dln2_step(layers.hidden, layers.output, self.model, self.backward, batch, config,
+                                    self.task.labels, seed)
+            prompts = {"output": layers.output.prompt, "hidden": layers.hidden.prompt if layers.hidden else None}
+            record = {"iteration": iteration, **metrics}
+            if iteration % config.eval_every == 0 or iteration == iterations:
+                record["dev_accuracy"] = self.dev_accuracy(prompts)
+                if record["dev_accuracy"] > state["best"]["dev_accuracy"]:
+                    state["best"] = {"prompts": prompts, "dev_accuracy": record["dev_accuracy"],
+                                     "iteration": iteration}
+            state.update(iteration=iteration, prompts=prompts)
+            self.run.log(record)
+            self.run.save_checkpoint(state)
+            bar.update(1)
+            bar.set_postfix(loss=f"{-metrics['objective']:.3f}", dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
+                            best=f"{state['best']['dev_accuracy']:.3f}")
+        bar.close()
+        program = self.program(state["best"]["prompts"])  # restore the best prompt seen on dev
+        program.metadata.update(best_iteration=state["best"]["iteration"],
+                                dev_accuracy=state["best"]["dev_accuracy"])
+        program.save(self.run.program_file)
+        return program

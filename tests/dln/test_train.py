@@ -1,0 +1,113 @@
+"""Prompt training on the real default model: it improves its objective, resumes exactly, and round-trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dln import DLNError, load_program
+from dln.config import build_config
+from dln.lm.base import LanguageModel
+from dln.train import PromptTrainer, balanced_minibatch
+from dln.train_config import TrainConfig
+
+TINY = {"task": "sentiment", "iterations": 2, "batch_size": 6, "num_candidates": 3, "dev_size": 12,
+        "backward_max_tokens": 48, "eval_every": 1, "seed": 13}
+
+
+def tiny(**changes) -> TrainConfig:
+    return build_config(TrainConfig, {**TINY, **changes})
+
+
+class InterruptAfter(LanguageModel):
+    """The real model, interrupted (as by Ctrl-C or a kill) at its n-th generate call."""
+
+    def __init__(self, inner: LanguageModel, calls: int) -> None:
+        self.inner, self.uri, self.calls = inner, inner.uri, calls
+
+    def _generate(self, prompts, options):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt
+        return self.inner._generate(prompts, options)
+
+    def _score(self, contexts, continuations):
+        return self.inner._score(contexts, continuations)
+
+
+def test_balanced_minibatch_takes_every_class_in_turn():
+    import random
+
+    targets = ["a"] * 10 + ["b"] * 3 + ["c"] * 5
+    picked = balanced_minibatch(targets, 9, random.Random(0))
+    counts = {label: sum(targets[i] == label for i in picked) for label in "abc"}
+    assert counts == {"a": 3, "b": 3, "c": 3} and len(set(picked)) == 9
+
+
+@pytest.fixture(scope="module")
+def trained(hf_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    program = PromptTrainer(tiny(), str(out), model=hf_model, progress=False).fit()
+    return out, program
+
+
+def test_training_raises_the_objective_and_writes_the_run(trained):
+    out, program = trained
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if m["iteration"] > 0]
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    assert all(m["objective"] >= m["objective_before"] for m in steps)
+    assert any(m["objective"] > m["objective_before"] + 1e-6 for m in steps), "no proposal beat the prompt"
+    assert {"config.yaml", "checkpoint.json", "program.json", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    best_dev = max(m["dev_accuracy"] for m in metrics)
+    assert program.metadata["dev_accuracy"] == best_dev  # the best prompt on dev is restored
+
+
+def test_program_round_trips_and_answers_like_the_trainer(trained, hf_model):
+    out, program = trained
+    loaded = load_program(out / "program.json", model=hf_model)
+    assert loaded.output.prompt == program.output.prompt and loaded.labels == ["good", "bad"]
+    inputs = ["This blender deserves five stars.", "The hotel room was a disaster."]
+    assert loaded.predict(inputs) == program.predict(inputs)
+    assert loaded(inputs[0]) in {"good", "bad"}
+
+
+def test_an_interrupted_run_resumes_to_the_same_program(trained, hf_model, tmp_path):
+    out, program = trained
+    with pytest.raises(KeyboardInterrupt):
+        # one generate call per iteration in DLN-1: the second iteration is cut off mid-way
+        PromptTrainer(tiny(), str(tmp_path), model=InterruptAfter(hf_model, 1), progress=False).fit()
+    checkpoint = json.loads((tmp_path / "checkpoint.json").read_text())
+    assert checkpoint["iteration"] == 1 and not (tmp_path / "program.json").exists()
+    resumed = PromptTrainer(tiny(), str(tmp_path), model=hf_model, progress=False).fit()
+    assert resumed.to_dict() == program.to_dict()
+    iterations = [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [0, 1, 2]
+
+
+def test_zero_iterations_keeps_the_initial_prompt(hf_model, tmp_path):
+    program = PromptTrainer(tiny(iterations=0), str(tmp_path), model=hf_model, progress=False).fit()
+    assert program.output.prompt == TINY.get("initial_prompt", TrainConfig.initial_prompt)
+
+
+def test_icl_baseline_puts_train_examples_in_the_prompt(hf_model, tmp_path):
+    program = PromptTrainer(tiny(method="icl", icl_shots=2), str(tmp_path), model=hf_model, progress=False).fit()
+    assert program.output.prompt.count("Input:") == 2 and program.kind == "dln1"
+
+
+def test_a_run_directory_refuses_a_different_config(hf_model, trained):
+    out, _ = trained
+    with pytest.raises(DLNError, match="different config"):
+        PromptTrainer(tiny(seed=99), str(out), model=hf_model, progress=False).fit()
+
+
+def test_dln2_step_reports_bounds_and_keeps_them_ordered(hf_model, tmp_path):
+    config = tiny(method="dln2", iterations=1, batch_size=4, num_candidates=2, num_hidden_samples=2,
+                  hidden_max_tokens=16)
+    program = PromptTrainer(config, str(tmp_path), model=hf_model, progress=False).fit()
+    (step,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
+    assert step["elbo"] <= step["iw_bound"] + 1e-9  # per-example ELBO <= IW bound, so also their means
+    assert 1.0 <= step["ess"] <= 2.0
+    assert program.kind == "dln2" and program.hidden is not None
+    assert program.predict(["Great film."])[0] in {"good", "bad"}
