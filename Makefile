@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The main job: DLN-1 prompt training on a shipped task with the default model, before/after accuracy.
-DEMO_CONFIG ?= configs/dln1/topic.yaml
+DEMO_CONFIG ?= configs/dln1/sentiment.yaml
 DEMO_FLAGS ?= --preset light --quiet
 demo: setup
 	$(VENV)/bin/dln train --config $(DEMO_CONFIG) $(DEMO_FLAGS) --iterations 0 --out runs/demo-initial

@@ -64,18 +64,40 @@ def propose_prompts(
     max_tokens: int,
     seed: int,
 ) -> list[str]:
-    """`num` cleaned, distinct rewrites of `prompt` (fewer if the model repeats itself or writes nothing)."""
+    """`num` distinct rewrites of `prompt` (fewer if the model repeats itself or writes nothing).
+
+    The "add examples" move copies minibatch examples (errors first) verbatim under the current prompt instead
+    of asking the model: a small backward model garbles copied examples, and verbatim ones are what that
+    meta-instruction asks for. The other moves are sampled from the backward model.
+    """
     if num <= 0:
         return []
+    moves = [meta_instruction(i) for i in range(num)]
     template = compile_template(BACKWARD_TEMPLATE)
+    asked = [i for i, move in enumerate(moves) if move != META_INSTRUCTIONS["examples"]]
     requests = [
         [{"role": "user", "content": template.render(prompt=prompt, successes=successes, errors=errors,
-                                                      labels=labels, meta_instruction=meta_instruction(i))}]
-        for i in range(num)
+                                                      labels=labels, meta_instruction=moves[i])}]
+        for i in asked
     ]
     outputs = model.generate(requests, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    proposals = [clean_prompt(o[0]) for o in outputs]
-    return [p for p in dict.fromkeys(proposals) if p and p != prompt]
+    proposals = dict(zip(asked, (clean_prompt(o[0]) for o in outputs)))
+    shown = [*errors, *successes]
+    for rank, i in enumerate(i for i in range(num) if i not in proposals):
+        proposals[i] = with_examples(prompt, shown[2 * rank:] + shown[:2 * rank], per_label=1 + rank % 2)
+    ordered = [proposals[i] for i in range(num)]
+    return [p for p in dict.fromkeys(ordered) if p and p != prompt]
+
+
+def with_examples(prompt: str, examples: Sequence[Example], per_label: int | None = None) -> str:
+    """The prompt followed by the gold examples (at most `per_label` of each label), in the order given."""
+    taken: dict[str, int] = {}
+    lines = []
+    for example in examples:
+        if per_label is None or taken.get(example.target, 0) < per_label:
+            taken[example.target] = taken.get(example.target, 0) + 1
+            lines.append(f"Input: {example.input}\nOutput: {example.target}")
+    return f"{prompt}\n\nExamples:\n" + "\n\n".join(lines) if lines else prompt
 
 
 def clean_prompt(text: str) -> str:

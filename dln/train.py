@@ -22,6 +22,7 @@ from dln.dln2 import dln2_step
 from dln.errors import DLNError
 from dln.layers import LanguageLayer
 from dln.lm import LanguageModel, load_model
+from dln.meta import Example, with_examples
 from dln.program import Program
 from dln.rundir import RunDir
 from dln.train_config import TrainConfig
@@ -50,8 +51,7 @@ def icl_prompt(config: TrainConfig, task: Task) -> str:
     rng = random.Random(config.seed)
     shots = balanced_minibatch(list(task.train["target"]), config.icl_shots, rng)
     rows = task.train.select(shots)
-    examples = "\n\n".join(f"Input: {x}\nOutput: {y}" for x, y in zip(rows["input"], rows["target"]))
-    return f"{config.initial_prompt}\n\nExamples:\n\n{examples}" if examples else config.initial_prompt
+    return with_examples(config.initial_prompt, [Example(x, y) for x, y in zip(rows["input"], rows["target"])])
 
 
 class PromptTrainer:
