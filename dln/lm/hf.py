@@ -104,19 +104,22 @@ class HFLanguageModel(LanguageModel):
             if options.greedy
             else {"do_sample": True, "temperature": options.temperature, "top_k": 0, "top_p": 1.0}
         )
+        # greedy decoding has one answer: decode once and copy it n times (transformers refuses n > 1 greedy)
+        copies = options.n if options.greedy else 1
+        sequences = 1 if options.greedy else options.n
         output = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             max_new_tokens=options.max_tokens,
-            num_return_sequences=options.n,
+            num_return_sequences=sequences,
             pad_token_id=self.tokenizer.pad_token_id,
             stop_strings=list(options.stop) or None,
             tokenizer=self.tokenizer if options.stop else None,
             **sampling,
-        )  # (B * n, T_in + T_new)
+        )  # (B * sequences, T_in + T_new)
         texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
         texts = [truncate_at_stop(t, options.stop) for t in texts]
-        return [texts[i * options.n:(i + 1) * options.n] for i in range(len(encoded))]
+        return [texts[i * sequences:(i + 1) * sequences] * copies for i in range(len(encoded))]
 
     # -- scoring -------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -98,6 +98,11 @@ def test_stop_strings_end_and_are_excluded(hf_model):
     assert cut[0] == full[0][: full[0].index(" 5,")]
 
 
+def test_greedy_with_n_returns_n_copies_of_the_one_answer(hf_model):
+    (single,) = hf_model.generate(["The capital of France is"], max_tokens=6)
+    assert hf_model.generate(["The capital of France is"], n=3, max_tokens=6) == [single * 3]
+
+
 def test_zero_max_tokens_returns_empty_completions(hf_model):
     assert hf_model.generate(["Hi", "There"], n=2, max_tokens=0) == [["", ""], ["", ""]]
 

@@ -1,0 +1,40 @@
+"""An OpenAI-compatible server for base models, DLN programs and Best-of-N (`dln serve`).
+
+Layout, after vLLM's server:
+
+- `protocol`: the pydantic request/response models (OpenAI's wire format);
+- `serving`, `serving_completion`, `serving_chat`: the serving logic (requests -> engine jobs -> responses);
+- `routes`: thin FastAPI routes; `middleware`: API key and body-size checks; `errors`: the one mapping of
+  failures to OpenAI's error format;
+- `engine`: the HF model work (batched generation with streaming, log-probs); `batcher`: the micro-batcher
+  that groups concurrent requests into one engine call on a single model thread; `vllm_backend`: vLLM's
+  async engine for `vllm:` models;
+- `models`: served names (base model + programs); `rewards`: the Best-of-N rewards;
+- `app`: `create_app` / `build_app` / `serve`.
+
+Example:
+    ```python
+    import uvicorn
+    from dln.lm import load_model
+    from serving import create_app
+
+    app = create_app(load_model("hf:default", cache=False), served_name="default")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+    ```
+"""
+
+from serving.app import ServerConfig, build_app, create_app, serve
+from serving.batcher import HFBackend, MicroBatcher
+from serving.models import ModelRegistry
+from serving.rewards import RewardRegistry
+
+__all__ = [
+    "HFBackend",
+    "MicroBatcher",
+    "ModelRegistry",
+    "RewardRegistry",
+    "ServerConfig",
+    "build_app",
+    "create_app",
+    "serve",
+]

@@ -1,0 +1,178 @@
+"""The FastAPI application and the `dln serve` entry point.
+
+`create_app` wires a backend, the served models and the rewards into an app; `build_app` does it from a
+`ServerConfig` (model URI, `NAME=path` programs, `NAME=module:function` rewards); `serve` runs it under
+uvicorn. Backends: `hf:` models get the micro-batched HF engine (`batcher`); a `vllm:` model uses vLLM's
+async engine (continuous batching, `vllm_backend`) when vllm is importable, else the HF engine on the same
+model directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from fastapi import FastAPI
+
+from dln.errors import DLNError
+from dln.lm.base import LanguageModel
+from serving.batcher import HFBackend
+from serving.errors import install_error_handlers
+from serving.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from serving.models import ModelRegistry, load_program_spec, served_name_for, share_base_model
+from serving.rewards import RewardRegistry, load_reward_spec
+from serving.routes import router
+from serving.serving_chat import ChatServing
+from serving.serving_completion import CompletionServing
+
+log = logging.getLogger("serving")
+
+MAX_BODY_BYTES = 1 << 20  # 1 MiB
+
+
+@dataclass
+class ServerConfig:
+    """Everything `dln serve` takes; see `dln serve --help`."""
+
+    model: str = field(default="hf:default", metadata={"help": "base model URI (hf:... or vllm:...)"})
+    served_model_name: str | None = field(
+        default=None, metadata={"help": "the base model's name in requests"}
+    )
+    programs: list[str] = field(default_factory=list, metadata={"help": "NAME=path/program.json"})
+    rewards: list[str] = field(default_factory=list, metadata={"help": "NAME=module:function"})
+    api_key: str | None = field(default=None, metadata={"help": "require Authorization: Bearer <key>"})
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_body_bytes: int = MAX_BODY_BYTES
+    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 keeps torch's default"})
+    log_level: str = "info"
+
+
+def create_app(
+    backend,
+    *,
+    served_name: str = "default",
+    base_uri: str | None = None,
+    programs: dict | None = None,
+    rewards: dict | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """An OpenAI-compatible app over `backend`.
+
+    Args:
+        backend: an `HFBackend` / `VLLMBackend`, or an `HFLanguageModel` (wrapped in an `HFBackend` with the
+            default batching).
+        served_name: the base model's name in requests and `/v1/models`.
+        base_uri: the base model's URI, shown in `/v1/models` (default: the backend model's `uri`).
+        programs: name -> program (see `serving.models`); more can be added later through
+            `app.state.dln.models.add_program`.
+        rewards: name -> `(prompt, completion) -> float`, added to the built-in rewards.
+        api_key: when set, every route but `/health` needs `Authorization: Bearer <api_key>`.
+        max_body_bytes: larger request bodies get 413.
+    """
+    if isinstance(backend, LanguageModel):
+        backend = HFBackend(backend)
+    models = ModelRegistry(served_name, base_uri or getattr(backend, "uri", served_name))
+    for name, program in (programs or {}).items():
+        models.add_program(name, program)
+    reward_registry = RewardRegistry()
+    for name, function in (rewards or {}).items():
+        reward_registry.add(name, function)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.stop()
+
+    app = FastAPI(title="dln OpenAI-compatible server", lifespan=lifespan)
+    app.state.dln = SimpleNamespace(
+        backend=backend,
+        models=models,
+        rewards=reward_registry,
+        completions=CompletionServing(backend, models, reward_registry),
+        chat=ChatServing(backend, models, reward_registry),
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    # Outermost first: the key is checked before a byte of the body is read.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    if api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    return app
+
+
+def build_backend(uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 5.0):
+    """The backend for a model URI: vLLM's async engine for `vllm:` when importable, else the HF engine."""
+    from dln.lm.registry import parse_model_uri
+
+    scheme, rest = parse_model_uri(uri)
+    if scheme == "openai":
+        raise DLNError(
+            "dln serve serves local models (hf:... or vllm:...); an openai: URI is already a server"
+        )
+    if scheme == "vllm":
+        from serving.vllm_backend import VLLMBackend, vllm_available
+
+        if vllm_available():
+            return VLLMBackend(rest)
+        log.warning("vllm is not importable: serving %s with the HF engine and its micro-batcher", rest)
+    from dln.lm.hf import HFLanguageModel
+
+    return HFBackend(HFLanguageModel(rest), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+
+
+def build_app(config: ServerConfig) -> FastAPI:
+    """Programs and rewards load first (cheap, and their errors come before the model's), then the model."""
+    programs = dict(load_program_spec(spec) for spec in config.programs)
+    rewards = dict(load_reward_spec(spec) for spec in config.rewards)
+    if config.max_batch_size < 1:
+        raise DLNError(f"--max-batch-size must be at least 1, got {config.max_batch_size}")
+    backend = build_backend(
+        config.model, max_batch_size=config.max_batch_size, batch_wait_ms=config.batch_wait_ms
+    )
+    base_lm = getattr(getattr(backend, "engine", None), "lm", None)  # the HF engine's model; None for vLLM
+    for program_name, program in programs.items():
+        if share_base_model(program, base_lm, config.model):
+            log.info("program %r answers with the served model %s", program_name, config.model)
+    name = config.served_model_name or served_name_for(config.model)
+    app = create_app(
+        backend,
+        served_name=name,
+        base_uri=config.model,
+        programs=programs,
+        rewards=rewards,
+        api_key=config.api_key,
+        max_body_bytes=config.max_body_bytes,
+    )
+    models = app.state.dln.models
+    log.info(
+        "serving %s as %r; programs: %s; rewards: %s; API key %s",
+        config.model,
+        name,
+        ", ".join(models.programs) or "none",
+        ", ".join(app.state.dln.rewards.names()) or "none",
+        "required" if config.api_key else "not required",
+    )
+    return app
+
+
+def serve(config: ServerConfig) -> None:
+    import uvicorn
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    app = build_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
