@@ -19,6 +19,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from dln.lm.base import truncate_at_stop
+from dln.lm.hf import generate_kwargs, seeded
 
 #: tokens per forward when computing log-probs; bounds the (rows, T, hidden) activations.
 TOKEN_BUDGET = 4096
@@ -138,8 +139,7 @@ class HFEngine:
         else:
             # Seeded: each prompt alone under its own seed, so its samples do not depend on the batch.
             for key in rows:
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                    torch.manual_seed(params.seed)
+                with seeded(self.device, params.seed):
                     out[key] = self._generate_rows(jobs, [key], params)[0]
         self._add_logprobs(jobs, out)
         return [[out[(j, p)] for p in range(len(job.prompts))] for j, job in enumerate(jobs)]
@@ -147,26 +147,12 @@ class HFEngine:
     def _generate_rows(self, jobs, keys: list[tuple[int, int]], params: SamplingParams) -> list[list[Sample]]:
         prompts = [jobs[j].prompts[p] for j, p in keys]
         input_ids, mask = self.lm._pad(prompts, side="left")  # (B, T_in)
-        # Greedy decoding gives n equal samples: decode once per prompt and copy (transformers refuses
-        # num_return_sequences > 1 without sampling).
-        rows_per_prompt = 1 if params.greedy else params.n
+        # Greedy decoding gives n equal samples: decoded once per prompt and copied below.
+        kwargs, rows_per_prompt = generate_kwargs(self.tokenizer, params, top_p=params.top_p)
         streamer = _RowStreamer(self, jobs, keys, params, rows_per_prompt)
-        sampling = (
-            {"do_sample": False}
-            if params.greedy
-            else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        )
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=params.max_tokens,
-            num_return_sequences=rows_per_prompt,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=list(params.stop) or None,
-            tokenizer=self.tokenizer if params.stop else None,
-            streamer=streamer if streamer.active else None,
-            **sampling,
-        )  # (B * rows_per_prompt, T_in + T_new), prompt-major
+        output = self.model.generate(input_ids=input_ids, attention_mask=mask,
+                                     streamer=streamer if streamer.active else None, **kwargs)
+        # (B * rows_per_prompt, T_in + T_new), prompt-major
         new = output[:, input_ids.shape[1] :].tolist()
         samples = [self._sample(ids, params) for ids in new]
         if params.greedy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -19,7 +20,7 @@ from dln.lm.base import LanguageModel, Prompt, SamplingOptions, truncate_at_stop
 from dln.lm.registry import resolve_model_path
 
 
-class HFLanguageModel(LanguageModel):
+class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     """A transformers causal LM on CPU (fp32) or GPU (bf16).
 
     Args:
@@ -60,16 +61,6 @@ class HFLanguageModel(LanguageModel):
         )
 
     # -- text <-> ids --------------------------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
-        """A chat prompt becomes the templated text ending with the assistant's turn."""
-        return tokens.render_prompt(self.tokenizer, prompt, self.uri)
-
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        return tokens.encode_prompt(self.tokenizer, prompt, self.uri)
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return tokens.encode_continuation(self.tokenizer, text)
-
     def _pad(self, rows: Sequence[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
@@ -92,31 +83,16 @@ class HFLanguageModel(LanguageModel):
         # Seeded: one call per prompt, so each prompt's samples do not depend on the rest of the batch.
         results = []
         for ids in encoded:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(options.seed)
+            with seeded(self.device, options.seed):
                 results.extend(self._generate_batch([ids], options))
         return results
 
     def _generate_batch(self, encoded: list[list[int]], options: SamplingOptions) -> list[list[str]]:
         input_ids, attention_mask = self._pad(encoded, side="left")
-        sampling = (
-            {"do_sample": False}
-            if options.greedy
-            else {"do_sample": True, "temperature": options.temperature, "top_k": 0, "top_p": 1.0}
-        )
-        # greedy decoding has one answer: decode once and copy it n times (transformers refuses n > 1 greedy)
-        copies = options.n if options.greedy else 1
-        sequences = 1 if options.greedy else options.n
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=options.max_tokens,
-            num_return_sequences=sequences,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=list(options.stop) or None,
-            tokenizer=self.tokenizer if options.stop else None,
-            **sampling,
-        )  # (B * sequences, T_in + T_new)
+        kwargs, sequences = generate_kwargs(self.tokenizer, options)
+        copies = options.n // sequences
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        # (B * sequences, T_in + T_new)
         texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
         texts = [truncate_at_stop(t, options.stop) for t in texts]
         return [texts[i * sequences:(i + 1) * sequences] * copies for i in range(len(encoded))]
@@ -178,6 +154,36 @@ class HFLanguageModel(LanguageModel):
         rest = logprobs.gather(2, cont_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (P, T-1)
         token_logprobs = torch.cat([first, rest], dim=1).cpu().tolist()
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
+
+
+def generate_kwargs(tokenizer, options: SamplingOptions, top_p: float = 1.0) -> tuple[dict, int]:
+    """transformers `generate` arguments for these options, and the sequences it returns per prompt.
+
+    `options` is anything with n, temperature, max_tokens, stop and greedy (the server's params too).
+
+    Greedy decoding has one answer: it is decoded once and the caller copies it n times (transformers refuses
+    `num_return_sequences > 1` without sampling). Sampling uses the full distribution (`top_k=0`), not
+    transformers' default top-50, so that samples follow the model's probabilities.
+    """
+    sequences = 1 if options.greedy else options.n
+    sampling = ({"do_sample": False} if options.greedy else
+                {"do_sample": True, "temperature": options.temperature, "top_k": 0, "top_p": top_p})
+    return {
+        "max_new_tokens": options.max_tokens,
+        "num_return_sequences": sequences,
+        "pad_token_id": tokenizer.pad_token_id,
+        "stop_strings": list(options.stop) or None,
+        "tokenizer": tokenizer if options.stop else None,
+        **sampling,
+    }, sequences
+
+
+@contextmanager
+def seeded(device: torch.device, seed: int) -> Iterator[None]:
+    """Sample under `seed` without disturbing the global random state."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _select_cache(cache, index: torch.Tensor):

@@ -59,3 +59,20 @@ def encode_continuation(tokenizer, text: str) -> list[int]:
 def context_key(tokenizer, prompt: Prompt, uri: str = "this model") -> str:
     """A hashable key equal for two prompts exactly when they encode to the same context ids."""
     return "\0raw" + prompt if isinstance(prompt, str) else render_prompt(tokenizer, prompt, uri)
+
+
+class TokenizedPrompts:
+    """`render`, `encode_prompt`, `encode_continuation` for a backend that has `tokenizer` and `uri`."""
+
+    tokenizer: object
+    uri: str
+
+    def render(self, prompt: Prompt) -> str:
+        """A chat prompt becomes the templated text ending with the assistant's turn."""
+        return render_prompt(self.tokenizer, prompt, self.uri)
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt, self.uri)
+
+    def encode_continuation(self, text: str) -> list[int]:
+        return encode_continuation(self.tokenizer, text)

@@ -52,7 +52,7 @@ def _import_vllm():
     return vllm, TokensPrompt
 
 
-class VLLMLanguageModel(LanguageModel):
+class VLLMLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     """A model run by vLLM's offline engine (the engine itself lives in a subprocess, see the module doc).
 
     Args:
@@ -103,17 +103,7 @@ class VLLMLanguageModel(LanguageModel):
         self._llm = vllm.LLM(model=_local_model_dir(path), **{**options, **engine_kwargs})
         self.max_model_len = self._llm.llm_engine.model_config.max_model_len
 
-    # -- text <-> ids: the same rule as hf: ------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
-        """A chat prompt becomes the templated text ending with the assistant's turn."""
-        return tokens.render_prompt(self.tokenizer, prompt, self.uri)
-
-    def encode_prompt(self, prompt: Prompt) -> list[int]:
-        return tokens.encode_prompt(self.tokenizer, prompt, self.uri)
-
-    def encode_continuation(self, text: str) -> list[int]:
-        return tokens.encode_continuation(self.tokenizer, text)
-
+    # -- text <-> ids: the same rule as hf: (tokens.TokenizedPrompts) -------------------------------------
     def _prompt(self, ids: list[int], what: str):
         # vLLM needs room for at least one more token after the prompt.
         if len(ids) >= self.max_model_len:
