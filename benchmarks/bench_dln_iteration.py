@@ -54,32 +54,51 @@ def naive_objectives(layer, model, prompts, batch) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--task", default="topic")
     parser.add_argument("--candidates", type=int, default=6)
     parser.add_argument("--batch", type=int, default=12)
     args = parser.parse_args()
 
-    config = build_config(TrainConfig, {"task": args.task, "num_candidates": args.candidates,
-                                        "batch_size": args.batch, "backward_max_tokens": 80})
+    config = build_config(
+        TrainConfig,
+        {
+            "task": args.task,
+            "num_candidates": args.candidates,
+            "batch_size": args.batch,
+            "backward_max_tokens": 80,
+        },
+    )
     model = load_model("hf:default", cache=False)
     task = load_task(args.task)
-    batch = split_batch(task.train, task.labels,
-                        balanced_minibatch(list(task.train["target"]), args.batch, random.Random(0)))
+    batch = split_batch(
+        task.train, task.labels, balanced_minibatch(list(task.train["target"]), args.batch, random.Random(0))
+    )
     layer = LanguageLayer(config.initial_prompt, config.template)
-    counter = ForwardCounter(model.model)
+    counter = ForwardCounter(model.model.get_decoder())  # every transformer pass, scoring and generation
 
     start = time.perf_counter()
     dln1_step(layer, model, model, batch, config, task.labels, seed=1)
     step_s, step_calls = time.perf_counter() - start, counter.calls
     # score the same candidate set both ways, for the ratio that scoring alone gives
     prompts = [config.initial_prompt] + propose_prompts(
-        model, config.initial_prompt, [], [], task.labels, num=args.candidates - 1, temperature=0.7,
-        max_tokens=80, seed=1)
+        model,
+        config.initial_prompt,
+        [],
+        [],
+        task.labels,
+        num=args.candidates - 1,
+        temperature=0.7,
+        max_tokens=80,
+        seed=1,
+    )
     counter.calls = 0
     start = time.perf_counter()
-    ours = gold_logprobs(label_logprobs(layer, model, prompts, batch.inputs, batch.label_sets), batch.targets,
-                         batch.label_sets).mean(axis=1)
+    ours = gold_logprobs(
+        label_logprobs(layer, model, prompts, batch.inputs, batch.label_sets), batch.targets, batch.label_sets
+    ).mean(axis=1)
     ours_s, ours_calls = time.perf_counter() - start, counter.calls
     counter.calls = 0
     start = time.perf_counter()
@@ -87,13 +106,17 @@ def main() -> None:
     naive_s, naive_calls = time.perf_counter() - start, counter.calls
 
     labels = len(task.labels)
-    print(f"task {args.task}: {len(prompts)} candidates x {args.batch} examples x {labels} labels, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"task {args.task}: {len(prompts)} candidates x {args.batch} examples x {labels} labels, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"one full DLN-1 iteration (proposals + scoring): {step_s:7.2f} s, {step_calls} model forwards")
     print(f"candidate scoring, ours:  {ours_s:7.2f} s, {ours_calls:5d} forwards")
     print(f"candidate scoring, naive: {naive_s:7.2f} s, {naive_calls:5d} forwards")
-    print(f"ratio naive/ours: time {naive_s / ours_s:.1f}x, forwards {naive_calls / max(ours_calls, 1):.1f}x; "
-          f"max |diff| of objectives {np.abs(naive - ours).max():.2e}")
+    print(
+        f"ratio naive/ours: time {naive_s / ours_s:.1f}x, forwards {naive_calls / max(ours_calls, 1):.1f}x; "
+        f"max |diff| of objectives {np.abs(naive - ours).max():.2e}"
+    )
 
 
 if __name__ == "__main__":

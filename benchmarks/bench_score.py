@@ -17,16 +17,20 @@ import torch
 
 from dln.lm import load_model
 
-INSTRUCTION = ("Read the customer review below and decide which department should handle it. Reply with one "
-               "word: the department's name.\n\n")
-REVIEWS = ["The parcel arrived two weeks late and the box was crushed.",
-           "I was charged twice for the same order and nobody answers my emails.",
-           "The blender stopped working after three days of normal use.",
-           "The delivery driver was rude and left the package in the rain.",
-           "My refund has still not appeared on my card after a month.",
-           "The screen of the tablet flickers whenever the battery is below half.",
-           "The courier lost my parcel and the tracking page shows nothing.",
-           "The invoice lists items that I never ordered."]
+INSTRUCTION = (
+    "Read the customer review below and decide which department should handle it. Reply with one "
+    "word: the department's name.\n\n"
+)
+REVIEWS = [
+    "The parcel arrived two weeks late and the box was crushed.",
+    "I was charged twice for the same order and nobody answers my emails.",
+    "The blender stopped working after three days of normal use.",
+    "The delivery driver was rude and left the package in the rain.",
+    "My refund has still not appeared on my card after a month.",
+    "The screen of the tablet flickers whenever the battery is below half.",
+    "The courier lost my parcel and the tracking page shows nothing.",
+    "The invoice lists items that I never ordered.",
+]
 LABELS = [" shipping", " billing", " repairs", " support", " returns", " sales"]
 
 
@@ -53,7 +57,9 @@ def best_time(function, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="hf:default")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--labels", type=int, default=4)
@@ -61,11 +67,15 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model, cache=False)
-    prompts = [f"{INSTRUCTION}Review {i}: {REVIEWS[i % len(REVIEWS)]}\nDepartment:" for i in range(args.prompts)]
+    prompts = [
+        f"{INSTRUCTION}Review {i}: {REVIEWS[i % len(REVIEWS)]}\nDepartment:" for i in range(args.prompts)
+    ]
     labels = LABELS[: args.labels]
     tokens = len(model.tokenizer(prompts[0]).input_ids)
-    print(f"model {model.uri}, {args.prompts} prompts (~{tokens} tokens) x {args.labels} labels, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"model {model.uri}, {args.prompts} prompts (~{tokens} tokens) x {args.labels} labels, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     model.classify(prompts[:2], labels)  # warm-up
     naive_s, naive = best_time(lambda: naive_classify(model, prompts, labels), args.repeats)
     ours_s, ours = best_time(lambda: model.classify(prompts, labels), args.repeats)

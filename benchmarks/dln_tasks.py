@@ -22,10 +22,13 @@ from dln.train_config import TrainConfig, apply_preset
 METHODS = ("zero_shot", "icl", "dln1", "dln2")
 
 
-def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: int, root: Path) -> tuple[float, float]:
+def run_one(
+    model, task: str, method: str, seed: int, preset: str, test_limit: int, root: Path
+) -> tuple[float, float]:
     config_dir = "dln2" if method == "dln2" else "dln1"
-    values = apply_preset(read_yaml(f"configs/{config_dir}/{task}.yaml"), {"preset": preset, "method": method,
-                                                                             "seed": seed})
+    values = apply_preset(
+        read_yaml(f"configs/{config_dir}/{task}.yaml"), {"preset": preset, "method": method, "seed": seed}
+    )
     config = build_config(TrainConfig, values)
     start = time.perf_counter()
     trainer = PromptTrainer(config, str(root / f"{task}-{method}-{seed}"), model=model, progress=False)
@@ -38,9 +41,14 @@ def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["topic", "sentiment", "navigate", "hyperbaton",
-                                                       "date_understanding", "logical_deduction"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["topic", "sentiment", "navigate", "hyperbaton", "date_understanding", "logical_deduction"],
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[13, 42, 25])
     parser.add_argument("--preset", default="light")
@@ -53,15 +61,21 @@ def main() -> None:
     for task in args.tasks:
         cells = []
         for method in args.methods:
-            results = [run_one(model, task, method, seed, args.preset, args.test_limit, Path(args.out))
-                       for seed in args.seeds]
+            results = [
+                run_one(model, task, method, seed, args.preset, args.test_limit, Path(args.out))
+                for seed in args.seeds
+            ]
             accs = [a for a, _ in results]
             spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            cells.append(f"{statistics.mean(accs):.3f} ± {spread:.3f} ({statistics.mean(t for _, t in results):.0f} s)")
+            cells.append(
+                f"{statistics.mean(accs):.3f} ± {spread:.3f} ({statistics.mean(t for _, t in results):.0f} s)"
+            )
             print(f"{task:20s} {method:10s} " + " ".join(f"{a:.3f}" for a in accs), flush=True)
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
-    print(f"\nTest accuracy, mean ± std over seeds {args.seeds}, preset {args.preset}, "
-          f"(mean wall time per run), default model:\n")
+    print(
+        f"\nTest accuracy, mean ± std over seeds {args.seeds}, preset {args.preset}, "
+        f"(mean wall time per run), default model:\n"
+    )
     print("| task | " + " | ".join(args.methods) + " |")
     print("|---" * (len(args.methods) + 1) + "|")
     print("\n".join(rows))

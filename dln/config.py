@@ -1,4 +1,4 @@
-"""Typed run configs: a dataclass, a YAML file under `configs/`, and `--key value` overrides on the command line.
+"""Typed run configs: a dataclass, a YAML file under `configs/`, and `--key value` command-line overrides.
 
 Unknown keys, wrong types and unparsable YAML are `DLNError`s that name the key or the line. The resolved
 config is what a run writes to its run directory, so a run can be resumed or repeated exactly.
@@ -38,7 +38,7 @@ def build_config(cls: type[C], values: dict[str, Any], *, source: str = "config"
 
 
 def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Defaults of `cls`, then the YAML file, then the overrides (strings from the command line are parsed)."""
+    """Defaults of `cls`, then the YAML file, then the overrides (command-line strings are parsed)."""
     values: dict[str, Any] = {}
     if path is not None:
         values.update(read_yaml(path))
@@ -99,7 +99,9 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         raise DLNError(errors[0] if errors else f"{where}: cannot use {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, list | tuple):
             raise DLNError(f"{where}: expected a list, got {value!r}")
         (item_hint, *_) = typing.get_args(hint) or (Any,)
@@ -119,7 +121,9 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         try:
             number = hint(value)
         except (TypeError, ValueError):
-            raise DLNError(f"{where}: expected {'an integer' if hint is int else 'a number'}, got {value!r}") from None
+            raise DLNError(
+                f"{where}: expected {'an integer' if hint is int else 'a number'}, got {value!r}"
+            ) from None
         if hint is int and isinstance(value, float) and value != number:
             raise DLNError(f"{where}: expected an integer, got {value!r}")
         return number

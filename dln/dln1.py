@@ -26,30 +26,49 @@ class Batch:
     label_sets: list[list[str]]
 
 
-def evaluate_prompt(layer: LanguageLayer, model: LanguageModel, prompt: str, batch: Batch,
-                    hidden: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def evaluate_prompt(
+    layer: LanguageLayer, model: LanguageModel, prompt: str, batch: Batch, hidden: list[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """log p(gold) per example and the predicted labels, for one prompt."""
     (rows,) = label_logprobs(layer, model, [prompt], batch.inputs, batch.label_sets, hidden)
     return gold_logprobs([rows], batch.targets, batch.label_sets)[0], predictions(rows, batch.label_sets)
 
 
 def split_outcomes(batch: Batch, predicted: list[str], hidden: list[str] | None = None):
-    show = [x if hidden is None else f"{x}\nReasoning: {h}" for x, h in zip(batch.inputs, hidden or batch.inputs)]
+    show = [
+        x if hidden is None else f"{x}\nReasoning: {h}" for x, h in zip(batch.inputs, hidden or batch.inputs)
+    ]
     examples = [Example(x, t, p) for x, t, p in zip(show, batch.targets, predicted)]
     successes = [e for e in examples if e.output == e.target][:EXAMPLES_SHOWN]
     errors = [e for e in examples if e.output != e.target][:EXAMPLES_SHOWN]
     return successes, errors
 
 
-def dln1_step(layer: LanguageLayer, model: LanguageModel, backward: LanguageModel, batch: Batch,
-              config: TrainConfig, labels: list[str], seed: int, hidden: list[str] | None = None) -> dict:
+def dln1_step(
+    layer: LanguageLayer,
+    model: LanguageModel,
+    backward: LanguageModel,
+    batch: Batch,
+    config: TrainConfig,
+    labels: list[str],
+    seed: int,
+    hidden: list[str] | None = None,
+) -> dict:
     """Update `layer.prompt` in place; return the iteration's metrics."""
     current = layer.prompt
     gold_current, predicted = evaluate_prompt(layer, model, current, batch, hidden)
     successes, errors = split_outcomes(batch, predicted, hidden)
-    proposals = propose_prompts(backward, current, successes, errors, labels, num=config.num_candidates - 1,
-                                temperature=config.backward_temperature, max_tokens=config.backward_max_tokens,
-                                seed=seed)
+    proposals = propose_prompts(
+        backward,
+        current,
+        successes,
+        errors,
+        labels,
+        num=config.num_candidates - 1,
+        temperature=config.backward_temperature,
+        max_tokens=config.backward_max_tokens,
+        seed=seed,
+    )
     scores = [float(gold_current.mean())]
     if proposals:
         per_example = label_logprobs(layer, model, proposals, batch.inputs, batch.label_sets, hidden)

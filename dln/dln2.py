@@ -28,12 +28,19 @@ from dln.train_config import TrainConfig
 POSTERIOR_TEMPLATE = "{{ prompt }}\n\n{{ input }}\n\nThe correct answer is: {{ target }}."
 
 
-def sample_posterior(hidden: LanguageLayer, model: LanguageModel, batch: Batch, config: TrainConfig, seed: int):
+def sample_posterior(
+    hidden: LanguageLayer, model: LanguageModel, batch: Batch, config: TrainConfig, seed: int
+):
     """K hidden texts per example from q(h | x, y), with their log q; flattened example-major (B*K)."""
     posterior = LanguageLayer(prompt=hidden.prompt, template=POSTERIOR_TEMPLATE, chat=hidden.chat)
     contexts = [posterior.render(x, target=y) for x, y in zip(batch.inputs, batch.targets)]
-    samples = model.generate(contexts, n=config.num_hidden_samples, temperature=config.hidden_temperature,
-                             max_tokens=config.hidden_max_tokens, seed=seed)
+    samples = model.generate(
+        contexts,
+        n=config.num_hidden_samples,
+        temperature=config.hidden_temperature,
+        max_tokens=config.hidden_max_tokens,
+        seed=seed,
+    )
     texts = [s.strip() or "(empty)" for row in samples for s in row]
     repeated = [c for c in contexts for _ in range(config.num_hidden_samples)]
     log_q = np.array([sum(s) for s in model.score(repeated, [hidden.label_text(t) for t in texts])])
@@ -41,8 +48,11 @@ def sample_posterior(hidden: LanguageLayer, model: LanguageModel, batch: Batch, 
 
 
 def repeat(batch: Batch, k: int) -> Batch:
-    return Batch([x for x in batch.inputs for _ in range(k)], [t for t in batch.targets for _ in range(k)],
-                 [ls for ls in batch.label_sets for _ in range(k)])
+    return Batch(
+        [x for x in batch.inputs for _ in range(k)],
+        [t for t in batch.targets for _ in range(k)],
+        [ls for ls in batch.label_sets for _ in range(k)],
+    )
 
 
 def weighted_objective(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -50,8 +60,16 @@ def weighted_objective(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (values.reshape(values.shape[0], *weights.shape) * weights).sum(axis=2).mean(axis=1)
 
 
-def dln2_step(hidden: LanguageLayer, output: LanguageLayer, model: LanguageModel, backward: LanguageModel,
-              batch: Batch, config: TrainConfig, labels: list[str], seed: int) -> dict:
+def dln2_step(
+    hidden: LanguageLayer,
+    output: LanguageLayer,
+    model: LanguageModel,
+    backward: LanguageModel,
+    batch: Batch,
+    config: TrainConfig,
+    labels: list[str],
+    seed: int,
+) -> dict:
     """Update both layers' prompts in place; return the iteration's metrics."""
     k = config.num_hidden_samples
     texts, log_q = sample_posterior(hidden, model, batch, config, seed)
@@ -71,11 +89,21 @@ def dln2_step(hidden: LanguageLayer, output: LanguageLayer, model: LanguageModel
     # π2: candidates see the minibatch with its most probable hidden text
     best_k = weights.argmax(axis=1)
     best_hidden = [texts[i * k + j] for i, j in enumerate(best_k)]
-    predicted = [labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))]
+    predicted = [
+        labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))
+    ]
     successes, errors = split_outcomes(batch, predicted, best_hidden)
-    proposals = propose_prompts(backward, output.prompt, successes, errors, labels,
-                                num=config.num_candidates - 1, temperature=config.backward_temperature,
-                                max_tokens=config.backward_max_tokens, seed=seed)
+    proposals = propose_prompts(
+        backward,
+        output.prompt,
+        successes,
+        errors,
+        labels,
+        num=config.num_candidates - 1,
+        temperature=config.backward_temperature,
+        max_tokens=config.backward_max_tokens,
+        seed=seed,
+    )
     scores2 = weighted_objective(log_p_y[None, :], weights).tolist()
     if proposals:
         per = label_logprobs(output, model, proposals, flat.inputs, flat.label_sets, texts)
@@ -85,22 +113,34 @@ def dln2_step(hidden: LanguageLayer, output: LanguageLayer, model: LanguageModel
 
     # π1: candidates should make the posterior's good hidden texts likely from x alone
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
-    proposals = propose_prompts(backward, hidden.prompt, shown, [], [], num=config.num_candidates - 1,
-                                temperature=config.backward_temperature, max_tokens=config.backward_max_tokens,
-                                seed=seed + 1)
+    proposals = propose_prompts(
+        backward,
+        hidden.prompt,
+        shown,
+        [],
+        [],
+        num=config.num_candidates - 1,
+        temperature=config.backward_temperature,
+        max_tokens=config.backward_max_tokens,
+        seed=seed + 1,
+    )
     scores1 = weighted_objective(log_p_h[None, :], weights).tolist()
     for prompt in proposals:
         candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
         drift = abs(float(candidate_log_p.mean() - log_p_h.mean()))
-        scores1.append(float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift)
+        scores1.append(
+            float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift
+        )
     best1 = int(np.argmax(scores1))
     hidden.prompt = ([hidden.prompt] + proposals)[best1]
 
-    metrics.update({
-        "objective": scores2[best2],
-        "objective_before": scores2[0],
-        "hidden_objective": scores1[best1],
-        "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, batch.targets)])),
-        "prompt_changed": best2 != 0 or best1 != 0,
-    })
+    metrics.update(
+        {
+            "objective": scores2[best2],
+            "objective_before": scores2[0],
+            "hidden_objective": scores1[best1],
+            "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, batch.targets)])),
+            "prompt_changed": best2 != 0 or best1 != 0,
+        }
+    )
     return metrics

@@ -28,8 +28,10 @@ def compile_template(source: str):
     try:
         return Environment(undefined=StrictUndefined, keep_trailing_newline=True).from_string(source)
     except TemplateSyntaxError as err:
-        raise DLNError(f"template line {err.lineno}: {err.message}; templates are Jinja, e.g. "
-                       f"'{{{{ prompt }}}}\\n\\n{{{{ input }}}}'") from err
+        raise DLNError(
+            f"template line {err.lineno}: {err.message}; templates are Jinja, e.g. "
+            f"'{{{{ prompt }}}}\\n\\n{{{{ input }}}}'"
+        ) from err
 
 
 @dataclass
@@ -42,25 +44,48 @@ class LanguageLayer:
 
     def render(self, x: str, *, prompt: str | None = None, **fields: object) -> Prompt:
         try:
-            text = compile_template(self.template).render(prompt=self.prompt if prompt is None else prompt,
-                                                           input=x, **{"hidden": None, **fields})
+            text = compile_template(self.template).render(
+                prompt=self.prompt if prompt is None else prompt, input=x, **{"hidden": None, **fields}
+            )
         except UndefinedError as err:
-            raise DLNError(f"template uses an unknown field: {err.message}; available: prompt, input, "
-                           f"hidden") from err
+            raise DLNError(
+                f"template uses an unknown field: {err.message}; available: prompt, input, hidden"
+            ) from err
         return [{"role": "user", "content": text}] if self.chat else text
 
-    def forward(self, model: LanguageModel, inputs: Sequence[str], *, prompt: str | None = None,
-                hidden: Sequence[str] | None = None, **sampling) -> list[list[str]]:
+    def forward(
+        self,
+        model: LanguageModel,
+        inputs: Sequence[str],
+        *,
+        prompt: str | None = None,
+        hidden: Sequence[str] | None = None,
+        **sampling,
+    ) -> list[list[str]]:
         """Generate the layer's output(s) for each input."""
         return model.generate(self._render_all(inputs, prompt, hidden), **sampling)
 
-    def classify(self, model: LanguageModel, inputs: Sequence[str], labels: Sequence[str], *,
-                 prompt: str | None = None, hidden: Sequence[str] | None = None) -> np.ndarray:
+    def classify(
+        self,
+        model: LanguageModel,
+        inputs: Sequence[str],
+        labels: Sequence[str],
+        *,
+        prompt: str | None = None,
+        hidden: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """log p(label | F(x, π)) normalised over `labels`: (len(inputs), len(labels))."""
         return model.classify(self._render_all(inputs, prompt, hidden), [self.label_text(y) for y in labels])
 
-    def log_p(self, model: LanguageModel, inputs: Sequence[str], outputs: Sequence[str], *,
-              prompt: str | None = None, hidden: Sequence[str] | None = None) -> np.ndarray:
+    def log_p(
+        self,
+        model: LanguageModel,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        *,
+        prompt: str | None = None,
+        hidden: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """log p(output | F(x, π)), summed over the output's tokens: (len(inputs),)."""
         scores = model.score(self._render_all(inputs, prompt, hidden), [self.label_text(y) for y in outputs])
         return np.array([sum(s) for s in scores], dtype=np.float64)
@@ -69,6 +94,8 @@ class LanguageLayer:
         """A chat reply starts the assistant turn; a raw completion needs the separating space."""
         return label if self.chat else " " + label
 
-    def _render_all(self, inputs: Sequence[str], prompt: str | None, hidden: Sequence[str] | None) -> list[Prompt]:
+    def _render_all(
+        self, inputs: Sequence[str], prompt: str | None, hidden: Sequence[str] | None
+    ) -> list[Prompt]:
         hidden = hidden if hidden is not None else [None] * len(inputs)
         return [self.render(x, prompt=prompt, hidden=h) for x, h in zip(inputs, hidden)]

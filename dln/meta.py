@@ -1,4 +1,4 @@
-"""The backward LLM: propose rewrites of a prompt from a minibatch of the forward layer's successes and errors.
+"""The backward LLM: propose rewrites of a prompt from a minibatch's successes and errors.
 
 As in the DLN paper, each candidate is asked for with one of four rotating meta-instructions (clarify, add
 examples, shorten, add detail), so the N-1 proposals explore different directions; the current prompt is
@@ -21,8 +21,8 @@ META_INSTRUCTIONS = {
     "detail": "Rewrite the instruction with more detail about how to decide on the output.",
 }
 
-BACKWARD_TEMPLATE = """A student answers inputs by following an instruction. Improve the instruction so that the \
-student gives the correct output.
+BACKWARD_TEMPLATE = """A student answers inputs by following an instruction. Improve the instruction so \
+that the student gives the correct output.
 
 Current instruction: {{ prompt }}
 
@@ -76,15 +76,25 @@ def propose_prompts(
     template = compile_template(BACKWARD_TEMPLATE)
     asked = [i for i, move in enumerate(moves) if move != META_INSTRUCTIONS["examples"]]
     requests = [
-        [{"role": "user", "content": template.render(prompt=prompt, successes=successes, errors=errors,
-                                                      labels=labels, meta_instruction=moves[i])}]
+        [
+            {
+                "role": "user",
+                "content": template.render(
+                    prompt=prompt,
+                    successes=successes,
+                    errors=errors,
+                    labels=labels,
+                    meta_instruction=moves[i],
+                ),
+            }
+        ]
         for i in asked
     ]
     outputs = model.generate(requests, n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
     proposals = dict(zip(asked, (clean_prompt(o[0]) for o in outputs)))
     shown = [*errors, *successes]
     for rank, i in enumerate(i for i in range(num) if i not in proposals):
-        proposals[i] = with_examples(prompt, shown[2 * rank:] + shown[:2 * rank], per_label=1 + rank % 2)
+        proposals[i] = with_examples(prompt, shown[2 * rank :] + shown[: 2 * rank], per_label=1 + rank % 2)
     ordered = [proposals[i] for i in range(num)]
     return [p for p in dict.fromkeys(ordered) if p and p != prompt]
 

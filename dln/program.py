@@ -59,8 +59,10 @@ class Program:
         outputs = self.hidden.forward(self.model, inputs, max_tokens=self.hidden_max_tokens)
         return [o[0].strip() for o in outputs]
 
-    def predict(self, inputs: Sequence[str], labels: Sequence[Sequence[str] | None] | None = None) -> list[str]:
-        """Answer every input; `labels` gives a per-input label set (multiple-choice rows), else `self.labels`."""
+    def predict(
+        self, inputs: Sequence[str], labels: Sequence[Sequence[str] | None] | None = None
+    ) -> list[str]:
+        """Answer every input; `labels` gives per-input label sets (multiple choice), else `self.labels`."""
         inputs = list(inputs)
         hidden = self.hidden_states(inputs)
         label_sets = [tuple(ls) if ls else None for ls in (labels or [None] * len(inputs))]
@@ -102,12 +104,18 @@ class Program:
         try:
             layers = data["layers"]
             hidden = LanguageLayer(**layers["hidden"]) if layers.get("hidden") else None
-            return cls(model_uri=data["model"], output=LanguageLayer(**layers["output"]), labels=data.get("labels"),
-                       hidden=hidden, hidden_max_tokens=int(data.get("hidden_max_tokens", 64)),
-                       metadata=data.get("metadata", {}))
+            return cls(
+                model_uri=data["model"],
+                output=LanguageLayer(**layers["output"]),
+                labels=data.get("labels"),
+                hidden=hidden,
+                hidden_max_tokens=int(data.get("hidden_max_tokens", 64)),
+                metadata=data.get("metadata", {}),
+            )
         except (KeyError, TypeError, AttributeError) as err:
-            raise DLNError(f"{source} is not a valid program file (problem with {err}); write it with "
-                           f"`dln train`") from err
+            raise DLNError(
+                f"{source} is not a valid program file (problem with {err}); write it with `dln train`"
+            ) from err
 
 
 def load_program(path: str | Path, model: LanguageModel | None = None) -> Program:

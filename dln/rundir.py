@@ -25,8 +25,10 @@ class RunDir:
         """Create the directory or check it belongs to this config; True when resuming."""
         if self.config_file.is_file():
             if self.config_file.read_text(encoding="utf-8") != config_yaml:
-                raise DLNError(f"{self.path} holds a run with a different config; resume it with the same options, "
-                               f"or choose a new --out directory")
+                raise DLNError(
+                    f"{self.path} holds a run with a different config; resume it with the same options, "
+                    f"or choose a new --out directory"
+                )
             return self.checkpoint_file.is_file()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,9 @@ class RunDir:
     def metrics(self) -> list[dict]:
         if not self.metrics_file.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line]
+        return [
+            json.loads(line) for line in self.metrics_file.read_text(encoding="utf-8").splitlines() if line
+        ]
 
     def _drop_metrics_after(self, iteration: int) -> None:
         kept = [r for r in self.metrics() if r.get("iteration", 0) <= iteration]

@@ -51,24 +51,38 @@ def icl_prompt(config: TrainConfig, task: Task) -> str:
     rng = random.Random(config.seed)
     shots = balanced_minibatch(list(task.train["target"]), config.icl_shots, rng)
     rows = task.train.select(shots)
-    return with_examples(config.initial_prompt, [Example(x, y) for x, y in zip(rows["input"], rows["target"])])
+    return with_examples(
+        config.initial_prompt, [Example(x, y) for x, y in zip(rows["input"], rows["target"])]
+    )
 
 
 class PromptTrainer:
     """Trains the program a `TrainConfig` describes into a run directory."""
 
-    def __init__(self, config: TrainConfig, out: str, *, model: LanguageModel | None = None,
-                 backward: LanguageModel | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: str,
+        *,
+        model: LanguageModel | None = None,
+        backward: LanguageModel | None = None,
+        progress: bool = True,
+    ) -> None:
         self.config = config
         self.run = RunDir(out)
         self.task = load_task(config.task, train=config.train, dev=config.dev, test=config.test)
         if len(self.task.train) == 0 or len(self.task.dev) == 0:
             raise DLNError("the train and dev splits must not be empty")
         self.model = model or load_model(config.model)
-        self.backward = backward or (load_model(config.backward_model) if config.backward_model else self.model)
+        self.backward = backward or (
+            load_model(config.backward_model) if config.backward_model else self.model
+        )
         self.progress = progress
-        dev = self.task.dev if not config.dev_size else self.task.dev.select(range(min(config.dev_size,
-                                                                                       len(self.task.dev))))
+        dev = (
+            self.task.dev
+            if not config.dev_size
+            else self.task.dev.select(range(min(config.dev_size, len(self.task.dev))))
+        )
         self.dev_batch = split_batch(dev, self.task.labels)
 
     # -- the program being trained -------------------------------------------------------------------
@@ -79,12 +93,19 @@ class PromptTrainer:
 
     def program(self, prompts: dict[str, str | None]) -> Program:
         config = self.config
-        hidden = (LanguageLayer(prompts["hidden"], config.hidden_template) if prompts.get("hidden") is not None
-                  else None)
-        return Program(model_uri=config.model, output=LanguageLayer(prompts["output"], config.template),
-                       labels=self.task.labels, hidden=hidden, hidden_max_tokens=config.hidden_max_tokens,
-                       metadata={"method": config.method, "task": self.task.name, "seed": config.seed}
-                       ).bind(self.model)
+        hidden = (
+            LanguageLayer(prompts["hidden"], config.hidden_template)
+            if prompts.get("hidden") is not None
+            else None
+        )
+        return Program(
+            model_uri=config.model,
+            output=LanguageLayer(prompts["output"], config.template),
+            labels=self.task.labels,
+            hidden=hidden,
+            hidden_max_tokens=config.hidden_max_tokens,
+            metadata={"method": config.method, "task": self.task.name, "seed": config.seed},
+        ).bind(self.model)
 
     def dev_accuracy(self, prompts: dict[str, str | None]) -> float:
         batch = self.dev_batch
@@ -100,11 +121,15 @@ class PromptTrainer:
         evals = c.iterations // c.eval_every + 2
         dev = len(self.dev_batch.inputs)
         if c.method == "dln1":
-            return {"generations": c.iterations * (c.num_candidates - 1),
-                    "scored_contexts": c.iterations * c.num_candidates * c.batch_size + evals * dev}
+            return {
+                "generations": c.iterations * (c.num_candidates - 1),
+                "scored_contexts": c.iterations * c.num_candidates * c.batch_size + evals * dev,
+            }
         bk = c.batch_size * c.num_hidden_samples
-        return {"generations": c.iterations * (bk + 2 * (c.num_candidates - 1)) + evals * dev,
-                "scored_contexts": c.iterations * (3 * bk + 2 * c.num_candidates * bk) + evals * dev}
+        return {
+            "generations": c.iterations * (bk + 2 * (c.num_candidates - 1)) + evals * dev,
+            "scored_contexts": c.iterations * (3 * bk + 2 * c.num_candidates * bk) + evals * dev,
+        }
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> Program:
@@ -114,42 +139,71 @@ class PromptTrainer:
         if state is None:
             prompts = self.initial_prompts()
             dev = self.dev_accuracy(prompts)
-            state = {"iteration": 0, "prompts": prompts, "best": {"prompts": prompts, "dev_accuracy": dev,
-                                                                  "iteration": 0}}
+            state = {
+                "iteration": 0,
+                "prompts": prompts,
+                "best": {"prompts": prompts, "dev_accuracy": dev, "iteration": 0},
+            }
             self.run.log({"iteration": 0, "dev_accuracy": dev})
             self.run.save_checkpoint(state)
         iterations = config.iterations if config.method in ("dln1", "dln2") else 0
         layers = self.program(state["prompts"])
         train_targets = list(self.task.train["target"])
-        bar = tqdm(total=iterations, initial=state["iteration"], desc=f"{config.method} {self.task.name}",
-                   disable=not self.progress, unit="it")
+        bar = tqdm(
+            total=iterations,
+            initial=state["iteration"],
+            desc=f"{config.method} {self.task.name}",
+            disable=not self.progress,
+            unit="it",
+        )
         bar.set_postfix(dev=f"{state['best']['dev_accuracy']:.3f}")
         for iteration in range(state["iteration"] + 1, iterations + 1):
             rng = random.Random(f"{config.seed}-{iteration}")
-            batch = split_batch(self.task.train, self.task.labels,
-                                balanced_minibatch(train_targets, config.batch_size, rng))
+            batch = split_batch(
+                self.task.train, self.task.labels, balanced_minibatch(train_targets, config.batch_size, rng)
+            )
             seed = config.seed * 100_003 + iteration
             if config.method == "dln1":
-                metrics = dln1_step(layers.output, self.model, self.backward, batch, config, self.task.labels, seed)
+                metrics = dln1_step(
+                    layers.output, self.model, self.backward, batch, config, self.task.labels, seed
+                )
             else:
-                metrics = dln2_step(layers.hidden, layers.output, self.model, self.backward, batch, config,
-                                    self.task.labels, seed)
-            prompts = {"output": layers.output.prompt, "hidden": layers.hidden.prompt if layers.hidden else None}
+                metrics = dln2_step(
+                    layers.hidden,
+                    layers.output,
+                    self.model,
+                    self.backward,
+                    batch,
+                    config,
+                    self.task.labels,
+                    seed,
+                )
+            prompts = {
+                "output": layers.output.prompt,
+                "hidden": layers.hidden.prompt if layers.hidden else None,
+            }
             record = {"iteration": iteration, **metrics}
             if iteration % config.eval_every == 0 or iteration == iterations:
                 record["dev_accuracy"] = self.dev_accuracy(prompts)
                 if record["dev_accuracy"] > state["best"]["dev_accuracy"]:
-                    state["best"] = {"prompts": prompts, "dev_accuracy": record["dev_accuracy"],
-                                     "iteration": iteration}
+                    state["best"] = {
+                        "prompts": prompts,
+                        "dev_accuracy": record["dev_accuracy"],
+                        "iteration": iteration,
+                    }
             state.update(iteration=iteration, prompts=prompts)
             self.run.log(record)
             self.run.save_checkpoint(state)
             bar.update(1)
-            bar.set_postfix(loss=f"{-metrics['objective']:.3f}", dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
-                            best=f"{state['best']['dev_accuracy']:.3f}")
+            bar.set_postfix(
+                loss=f"{-metrics['objective']:.3f}",
+                dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
+                best=f"{state['best']['dev_accuracy']:.3f}",
+            )
         bar.close()
         program = self.program(state["best"]["prompts"])  # restore the best prompt seen on dev
-        program.metadata.update(best_iteration=state["best"]["iteration"],
-                                dev_accuracy=state["best"]["dev_accuracy"])
+        program.metadata.update(
+            best_iteration=state["best"]["iteration"], dev_accuracy=state["best"]["dev_accuracy"]
+        )
         program.save(self.run.program_file)
         return program

@@ -14,12 +14,30 @@ from dln.layers import CLASSIFY_TEMPLATE, HIDDEN_TEMPLATE
 METHODS = ("dln1", "dln2", "zero_shot", "icl")
 
 PRESETS: dict[str, dict] = {
-    "light": {"iterations": 4, "batch_size": 12, "num_candidates": 6, "dev_size": 40, "eval_every": 2,
-              "num_hidden_samples": 2},
-    "medium": {"iterations": 10, "batch_size": 16, "num_candidates": 10, "dev_size": 100, "eval_every": 2,
-               "num_hidden_samples": 3},
-    "heavy": {"iterations": 20, "batch_size": 20, "num_candidates": 20, "dev_size": 0, "eval_every": 2,
-              "num_hidden_samples": 5},
+    "light": {
+        "iterations": 4,
+        "batch_size": 12,
+        "num_candidates": 6,
+        "dev_size": 40,
+        "eval_every": 2,
+        "num_hidden_samples": 2,
+    },
+    "medium": {
+        "iterations": 10,
+        "batch_size": 16,
+        "num_candidates": 10,
+        "dev_size": 100,
+        "eval_every": 2,
+        "num_hidden_samples": 3,
+    },
+    "heavy": {
+        "iterations": 20,
+        "batch_size": 20,
+        "num_candidates": 20,
+        "dev_size": 0,
+        "eval_every": 2,
+        "num_hidden_samples": 5,
+    },
 }
 
 
@@ -30,8 +48,9 @@ def _help(text: str, default=None, **kwargs):
 @dataclass
 class TrainConfig:
     # what to train on
-    task: str | None = _help("a shipped task (navigate, date_understanding, logical_deduction, hyperbaton, "
-                             "sentiment, topic)")
+    task: str | None = _help(
+        "a shipped task (navigate, date_understanding, logical_deduction, hyperbaton, sentiment, topic)"
+    )
     train: str | None = _help("training file (JSONL/CSV with input, target and optional labels)")
     dev: str | None = _help("dev file: picks the best prompt during training")
     test: str | None = _help("test file, used by `dln eval --split test`")
@@ -42,7 +61,9 @@ class TrainConfig:
     seed: int = _help("seed of minibatches and proposals (paper: 13, 42, 25)", 42)
     # DLN-1
     initial_prompt: str = _help("the prompt training starts from", "Classify the input.")
-    template: str = _help("Jinja template of the output layer (fields: prompt, input, hidden)", CLASSIFY_TEMPLATE)
+    template: str = _help(
+        "Jinja template of the output layer (fields: prompt, input, hidden)", CLASSIFY_TEMPLATE
+    )
     iterations: int = _help("training iterations (0: keep the initial prompt)", 20)
     batch_size: int = _help("class-balanced minibatch per iteration", 20)
     num_candidates: int = _help("N: candidate prompts per iteration, the current one included", 20)
@@ -51,14 +72,17 @@ class TrainConfig:
     eval_every: int = _help("evaluate on dev every this many iterations (and at the end)", 2)
     dev_size: int = _help("dev examples used during training (0: all)", 0)
     # DLN-2
-    hidden_prompt: str = _help("DLN-2: initial prompt of the hidden layer",
-                               "Explain step by step what the input says.")
+    hidden_prompt: str = _help(
+        "DLN-2: initial prompt of the hidden layer", "Explain step by step what the input says."
+    )
     hidden_template: str = _help("DLN-2: Jinja template of the hidden layer", HIDDEN_TEMPLATE)
     num_hidden_samples: int = _help("DLN-2: K samples h ~ q(h | x, y) per example", 3)
     hidden_max_tokens: int = _help("DLN-2: length cap of a hidden text", 48)
     hidden_temperature: float = _help("DLN-2: sampling temperature of q(h | x, y)", 0.7)
     posterior_temperature: float = _help("DLN-2: temperature of the posterior weights softmax", 1.0)
-    logp_penalty: float = _help("DLN-2: trust region, subtract this x |log p(h|x, new) - log p(h|x, old)|", 0.0)
+    logp_penalty: float = _help(
+        "DLN-2: trust region, subtract this x |log p(h|x, new) - log p(h|x, old)|", 0.0
+    )
     # baselines
     icl_shots: int = _help("icl: examples from the train split put in the prompt", 5)
 

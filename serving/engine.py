@@ -150,8 +150,9 @@ class HFEngine:
         # Greedy decoding gives n equal samples: decoded once per prompt and copied below.
         kwargs, rows_per_prompt = generate_kwargs(self.tokenizer, params, top_p=params.top_p)
         streamer = _RowStreamer(self, jobs, keys, params, rows_per_prompt)
-        output = self.model.generate(input_ids=input_ids, attention_mask=mask,
-                                     streamer=streamer if streamer.active else None, **kwargs)
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=mask, streamer=streamer if streamer.active else None, **kwargs
+        )
         # (B * rows_per_prompt, T_in + T_new), prompt-major
         new = output[:, input_ids.shape[1] :].tolist()
         samples = [self._sample(ids, params) for ids in new]

@@ -12,12 +12,20 @@ from dln.errors import DLNError
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="hf:default",
-                        help="model URI: hf:default, hf:<path>, vllm:<path> or openai:<model>@<base_url>")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="bypass the request cache (also: DLN_CACHE=off)")
-    parser.add_argument("--cache", default=None, metavar="PATH",
-                        help="request-cache file (default: $DLN_CACHE or $DLN_HOME/cache.sqlite)")
+    parser.add_argument(
+        "--model",
+        default="hf:default",
+        help="model URI: hf:default, hf:<path>, vllm:<path> or openai:<model>@<base_url>",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="bypass the request cache (also: DLN_CACHE=off)"
+    )
+    parser.add_argument(
+        "--cache",
+        default=None,
+        metavar="PATH",
+        help="request-cache file (default: $DLN_CACHE or $DLN_HOME/cache.sqlite)",
+    )
 
 
 def open_model(args: argparse.Namespace):
@@ -36,11 +44,15 @@ def read_jsonl(path: str, required: tuple[str, ...]) -> Iterator[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DLNError(f"{name}, line {number}: not valid JSON ({err.msg}); each line must be one JSON object")
+            raise DLNError(
+                f"{name}, line {number}: not valid JSON ({err.msg}); each line must be one JSON object"
+            ) from None
         missing = [f for f in required if not isinstance(record, dict) or f not in record]
         if missing:
-            raise DLNError(f"{name}, line {number}: missing field(s) {', '.join(missing)}; each line needs "
-                           f"{', '.join(required)}")
+            raise DLNError(
+                f"{name}, line {number}: missing field(s) {', '.join(missing)}; each line needs "
+                f"{', '.join(required)}"
+            )
         yield record
 
 

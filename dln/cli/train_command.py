@@ -26,11 +26,13 @@ def register(subparsers) -> None:
     from dln.cli import HelpFormatter
 
     train = subparsers.add_parser(
-        "train", formatter_class=HelpFormatter, help="train a prompt program (DLN-1, DLN-2, baselines)",
-        description="Train a prompt program and write a run directory (config.yaml, metrics.jsonl, checkpoint.json, "
-                    "program.json).\nRunning the same command again resumes an interrupted run.\n"
-                    "Examples:\n  dln train --config configs/dln1/topic.yaml --out runs/topic\n"
-                    "  dln train --train t.jsonl --dev d.jsonl --test s.jsonl --preset light --out runs/mine",
+        "train",
+        formatter_class=HelpFormatter,
+        help="train a prompt program (DLN-1, DLN-2, baselines)",
+        description="Train a prompt program and write a run directory (config.yaml, metrics.jsonl, "
+        "checkpoint.json, program.json).\nRunning the same command again resumes an interrupted run.\n"
+        "Examples:\n  dln train --config configs/dln1/topic.yaml --out runs/topic\n"
+        "  dln train --train t.jsonl --dev d.jsonl --test s.jsonl --preset light --out runs/mine",
         epilog=config_epilog(),
     )
     train.add_argument("--config", help="YAML run config (see configs/)")
@@ -40,9 +42,11 @@ def register(subparsers) -> None:
     train.set_defaults(handler=run_train, model=None, accepts_overrides=True)
 
     evaluate = subparsers.add_parser(
-        "eval", formatter_class=HelpFormatter, help="accuracy of a trained program on a split",
+        "eval",
+        formatter_class=HelpFormatter,
+        help="accuracy of a trained program on a split",
         description='Print one JSON object: {"accuracy", "n", "split", ...}.\n'
-                    "Example: dln eval --run runs/topic --split test",
+        "Example: dln eval --run runs/topic --split test",
     )
     evaluate.add_argument("--run", required=True, help="run directory written by dln train")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which split")
@@ -68,12 +72,24 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
     model = load_model(config.model, cache=False if args.no_cache else args.cache)
     trainer = PromptTrainer(config, out, model=model, progress=not args.quiet)
     calls = trainer.projected_calls()
-    print(f"dln train: {config.method} on {trainer.task.name} ({len(trainer.task.train)} train, "
-          f"{len(trainer.dev_batch.inputs)} dev) with {config.model}; at most {calls['generations']} generations and "
-          f"{calls['scored_contexts']} scored contexts (before the cache) -> {out}", flush=True)
+    print(
+        f"dln train: {config.method} on {trainer.task.name} ({len(trainer.task.train)} train, "
+        f"{len(trainer.dev_batch.inputs)} dev) with {config.model}; at most {calls['generations']} "
+        f"generations"
+        f" and {calls['scored_contexts']} scored contexts (before the cache) -> {out}",
+        flush=True,
+    )
     program = trainer.fit()
-    print(json.dumps({"run": out, "dev_accuracy": program.metadata["dev_accuracy"],
-                      "best_iteration": program.metadata["best_iteration"], "prompt": program.output.prompt}))
+    print(
+        json.dumps(
+            {
+                "run": out,
+                "dev_accuracy": program.metadata["dev_accuracy"],
+                "best_iteration": program.metadata["best_iteration"],
+                "prompt": program.output.prompt,
+            }
+        )
+    )
 
 
 def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -97,5 +113,15 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     batch = split_batch(split, task.labels)
     answers = program.predict(batch.inputs, batch.label_sets)
     correct = sum(a == t for a, t in zip(answers, batch.targets))
-    print(json.dumps({"accuracy": correct / len(answers), "n": len(answers), "split": args.data or args.split,
-                      "task": task.name, "method": config.method, "run": str(run)}))
+    print(
+        json.dumps(
+            {
+                "accuracy": correct / len(answers),
+                "n": len(answers),
+                "split": args.data or args.split,
+                "task": task.name,
+                "method": config.method,
+                "run": str(run),
+            }
+        )
+    )

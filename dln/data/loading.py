@@ -31,8 +31,9 @@ class Task:
         return split
 
 
-def load_task(name: str | None = None, *, train: str | None = None, dev: str | None = None,
-              test: str | None = None) -> Task:
+def load_task(
+    name: str | None = None, *, train: str | None = None, dev: str | None = None, test: str | None = None
+) -> Task:
     """A shipped task (`name`), or user files; user files replace the shipped splits they name."""
     files: dict[str, str | None] = {"train": train, "dev": dev, "test": test}
     if name:
@@ -70,12 +71,16 @@ def read_split(path: str):
     try:
         data = datasets.load_dataset(kind, data_files=str(file), split="train")
     except Exception as err:  # datasets wraps parser errors in several types
-        raise DLNError(f"{path}: cannot be read as {kind.upper()} ({_first_line(err)}); each line must be one "
-                       f"JSON object with input and target") from err
+        raise DLNError(
+            f"{path}: cannot be read as {kind.upper()} ({_first_line(err)}); each line must be one "
+            f"JSON object with input and target"
+        ) from err
     missing = [c for c in REQUIRED if c not in data.column_names]
     if missing:
-        raise DLNError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(data.column_names)}); "
-                       f"every example needs input and target")
+        raise DLNError(
+            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(data.column_names)}); "
+            f"every example needs input and target"
+        )
     first_line = 2 if kind == "csv" else 1
     for index, row in enumerate(data):
         for column in REQUIRED:
@@ -103,8 +108,10 @@ def check_targets(split, labels: list[str], path: str) -> None:
     for row in split:
         allowed = (row["labels"] or labels) if has_row_labels else labels
         if row["target"] not in allowed:
-            raise DLNError(f"{path}, line {row['line']}: target {row['target']!r} is not in the label set "
-                           f"{allowed}; fix the target or the row's labels")
+            raise DLNError(
+                f"{path}, line {row['line']}: target {row['target']!r} is not in the label set "
+                f"{allowed}; fix the target or the row's labels"
+            )
 
 
 def example_labels(split, default: list[str]) -> list[list[str]]:

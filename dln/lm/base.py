@@ -81,8 +81,10 @@ class LanguageModel(ABC):
         if len(contexts) != len(continuations):
             from dln.errors import DLNError
 
-            raise DLNError(f"score needs one continuation per context, got {len(contexts)} contexts and "
-                           f"{len(continuations)} continuations")
+            raise DLNError(
+                f"score needs one continuation per context, got {len(contexts)} contexts and "
+                f"{len(continuations)} continuations"
+            )
         return self._score(list(contexts), list(continuations))
 
     def classify(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> np.ndarray:
@@ -98,7 +100,9 @@ class LanguageModel(ABC):
             raise DLNError("classify needs at least one label")
         contexts = [p for p in prompts for _ in labels]
         token_logprobs = self.score(contexts, labels * len(prompts))
-        totals = np.array([sum(t) for t in token_logprobs], dtype=np.float64).reshape(len(prompts), len(labels))
+        totals = np.array([sum(t) for t in token_logprobs], dtype=np.float64).reshape(
+            len(prompts), len(labels)
+        )
         return totals - np.logaddexp.reduce(totals, axis=1, keepdims=True)
 
     @abstractmethod

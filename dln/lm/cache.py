@@ -35,8 +35,8 @@ class RequestCache:
             self._connection()
         except (OSError, sqlite3.DatabaseError) as err:
             raise DLNError(
-                f"cannot open the request cache {self.path}: {err}; delete the file, point DLN_CACHE at another "
-                f"file, or disable the cache with --no-cache / DLN_CACHE=off"
+                f"cannot open the request cache {self.path}: {err}; delete the file, point DLN_CACHE at "
+                f"another file, or disable the cache with --no-cache / DLN_CACHE=off"
             ) from err
 
     def _connection(self) -> sqlite3.Connection:
@@ -53,7 +53,7 @@ class RequestCache:
         found: dict[str, object] = {}
         conn = self._connection()
         for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = list(keys[start:start + _SQL_CHUNK])
+            chunk = list(keys[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
             for key, value in conn.execute(f"SELECT key, value FROM requests WHERE key IN ({marks})", chunk):
                 found[key] = json.loads(value)
@@ -83,7 +83,9 @@ def request_key(**fields) -> str:
 class CachedLanguageModel(LanguageModel):
     """Serve answers from the cache; send only the misses, as one batch, to the wrapped backend."""
 
-    def __init__(self, inner: LanguageModel, path: str | Path, *, cache_unseeded_samples: bool = False) -> None:
+    def __init__(
+        self, inner: LanguageModel, path: str | Path, *, cache_unseeded_samples: bool = False
+    ) -> None:
         self.inner = inner
         self.uri = inner.uri
         self.store = RequestCache(path)

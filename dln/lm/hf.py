@@ -55,7 +55,8 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
-        # transformers >= 5.24 renamed `past_key_values` to `cache`; older releases (vLLM's venv) need the old name.
+        # transformers >= 5.24 renamed `past_key_values` to `cache`; older releases (vLLM's venv) need the old
+        # name.
         self._cache_argument = (
             "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         )
@@ -79,7 +80,11 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             return [[""] * options.n for _ in prompts]
         encoded = [self.encode_prompt(p) for p in prompts]
         if options.seed is None:
-            return [out for chunk in _chunks(encoded, self.batch_size) for out in self._generate_batch(chunk, options)]
+            return [
+                out
+                for chunk in _chunks(encoded, self.batch_size)
+                for out in self._generate_batch(chunk, options)
+            ]
         # Seeded: one call per prompt, so each prompt's samples do not depend on the rest of the batch.
         results = []
         for ids in encoded:
@@ -93,9 +98,9 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         copies = options.n // sequences
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         # (B * sequences, T_in + T_new)
-        texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
         texts = [truncate_at_stop(t, options.stop) for t in texts]
-        return [texts[i * sequences:(i + 1) * sequences] * copies for i in range(len(encoded))]
+        return [texts[i * sequences : (i + 1) * sequences] * copies for i in range(len(encoded))]
 
     # -- scoring -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -131,12 +136,16 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         input_ids, mask = self._pad(rows, side="right")  # (C, Lc)
         lengths = mask.sum(dim=1)  # (C,)
         out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=True)
-        last_hidden = out.last_hidden_state[torch.arange(len(rows), device=self.device), lengths - 1]  # (C, H)
+        last_hidden = out.last_hidden_state[
+            torch.arange(len(rows), device=self.device), lengths - 1
+        ]  # (C, H)
         first_logprobs = torch.log_softmax(self.model.get_output_embeddings()(last_hidden).float(), dim=-1)
         cache = getattr(out, "cache", None) or out.past_key_values
         return cache, first_logprobs, lengths, mask  # first_logprobs: (C, V)
 
-    def _score_continuations(self, cache, first_logprobs, lengths, context_mask, index, rows) -> list[list[float]]:
+    def _score_continuations(
+        self, cache, first_logprobs, lengths, context_mask, index, rows
+    ) -> list[list[float]]:
         """Feed continuation tokens on top of the cached context rows `index` (one per pair)."""
         cont_ids, cont_mask = self._pad(rows, side="right")  # (P, T)
         steps = cont_ids.shape[1]
@@ -166,8 +175,11 @@ def generate_kwargs(tokenizer, options: SamplingOptions, top_p: float = 1.0) -> 
     transformers' default top-50, so that samples follow the model's probabilities.
     """
     sequences = 1 if options.greedy else options.n
-    sampling = ({"do_sample": False} if options.greedy else
-                {"do_sample": True, "temperature": options.temperature, "top_k": 0, "top_p": top_p})
+    sampling = (
+        {"do_sample": False}
+        if options.greedy
+        else {"do_sample": True, "temperature": options.temperature, "top_k": 0, "top_p": top_p}
+    )
     return {
         "max_new_tokens": options.max_tokens,
         "num_return_sequences": sequences,
@@ -199,18 +211,20 @@ def _select_cache(cache, index: torch.Tensor):
 def _load(path: str, device: torch.device, dtype: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    torch_dtype = (
+        getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     except OSError as err:
         raise DLNError(
-            f"cannot load model {path!r}: it is neither a local model directory nor in the local Hugging Face "
-            f"cache, and models are never downloaded at run time; pass hf:<path-to-model-dir> or hf:default"
+            f"cannot load model {path!r}: it is neither a local model directory nor in the local Hugging "
+            f"Face cache, and models are never downloaded at run time; pass hf:<model-dir> or hf:default"
         ) from err
     return tokenizer, model.to(device)
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
-        yield list(items[start:start + size])
+        yield list(items[start : start + size])

@@ -50,7 +50,9 @@ def load_model(uri: str, *, cache: bool | str | Path | None = None, **backend_op
         from dln.lm.openai_backend import OpenAILanguageModel
 
         model = OpenAILanguageModel.from_uri_rest(rest, **backend_options)
-    path = default_cache_path() if cache is None or cache is True else (None if cache is False else Path(cache))
+    path = (
+        default_cache_path() if cache is None or cache is True else (None if cache is False else Path(cache))
+    )
     if path is None:
         return model
     from dln.lm.cache import CachedLanguageModel

@@ -137,16 +137,19 @@ class VLLMLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             requests = [ids for ids in encoded for _ in range(options.n)]
             params = [
                 self._SamplingParams(n=1, seed=_sample_seed(options.seed, k), **common)
-                for _ in encoded for k in range(options.n)
+                for _ in encoded
+                for k in range(options.n)
             ]
             copies = 1
         outputs = self._llm.generate(requests, params, use_tqdm=False)
         # Decode with our tokenizer, as hf: does; the ids end inside or just after a stop string.
         texts = [
             truncate_at_stop(self.tokenizer.decode(c.token_ids, skip_special_tokens=True), options.stop)
-            for out in outputs for c in out.outputs for _ in range(copies)
+            for out in outputs
+            for c in out.outputs
+            for _ in range(copies)
         ]
-        return [texts[i * options.n:(i + 1) * options.n] for i in range(len(prompts))]
+        return [texts[i * options.n : (i + 1) * options.n] for i in range(len(prompts))]
 
     # -- scoring -------------------------------------------------------------------------------------
     def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
@@ -174,7 +177,7 @@ class VLLMLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         outputs = self._llm.generate(requests, params, use_tqdm=False)
         for (i, ctx, cont), out in zip(pairs, outputs, strict=True):
             # prompt_logprobs[j] = {token_id: Logprob} for log p(ids[j] | ids[:j]); entry 0 is None.
-            entries = out.prompt_logprobs[len(ctx):len(ctx) + len(cont)]
+            entries = out.prompt_logprobs[len(ctx) : len(ctx) + len(cont)]
             results[i] = [_logprob_of(entry, token) for entry, token in zip(entries, cont, strict=True)]
         return results
 

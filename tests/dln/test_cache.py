@@ -61,8 +61,13 @@ def test_only_misses_reach_the_model(counted):
 
 
 @pytest.mark.parametrize(
-    "change", [{"max_tokens": 5}, {"temperature": 0.7, "seed": 1}, {"stop": ["."]}, {"n": 2, "temperature": 1.0,
-                                                                                     "seed": 1}]
+    "change",
+    [
+        {"max_tokens": 5},
+        {"temperature": 0.7, "seed": 1},
+        {"stop": ["."]},
+        {"n": 2, "temperature": 1.0, "seed": 1},
+    ],
 )
 def test_every_sampling_field_is_in_the_key(counted, change):
     counter, cached = counted

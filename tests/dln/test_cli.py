@@ -12,8 +12,9 @@ from dln import __version__
 
 
 def dln(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dln", *args], capture_output=True, text=True, input=stdin,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dln", *args], capture_output=True, text=True, input=stdin, timeout=300
+    )
 
 
 def test_version_and_help():
@@ -43,8 +44,16 @@ def test_score_and_classify_print_the_api_numbers(hf_model, tmp_path):
 
 def test_generate_reads_chat_prompts_from_stdin(hf_model, tmp_path):
     messages = [{"role": "user", "content": "Name one colour."}]
-    result = dln("generate", "--cache", str(tmp_path / "c.sqlite"), "--max-tokens", "8", "--input", "-",
-                 stdin=json.dumps({"prompt": messages}) + "\n")
+    result = dln(
+        "generate",
+        "--cache",
+        str(tmp_path / "c.sqlite"),
+        "--max-tokens",
+        "8",
+        "--input",
+        "-",
+        stdin=json.dumps({"prompt": messages}) + "\n",
+    )
     assert result.returncode == 0, result.stderr
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["completions"] == hf_model.generate([messages], max_tokens=8)[0]

@@ -23,9 +23,17 @@ def jsonl(path, rows: list[dict]):
 
 
 def test_yaml_and_overrides_are_typed(tmp_path):
-    config = load_config(TrainConfig, write(tmp_path / "c.yaml", "task: topic\niterations: 3\n"),
-                         parse_overrides(["--batch-size", "7", "--backward_temperature=0.5", "--dev-size", "0"]))
-    assert (config.task, config.iterations, config.batch_size, config.backward_temperature) == ("topic", 3, 7, 0.5)
+    config = load_config(
+        TrainConfig,
+        write(tmp_path / "c.yaml", "task: topic\niterations: 3\n"),
+        parse_overrides(["--batch-size", "7", "--backward_temperature=0.5", "--dev-size", "0"]),
+    )
+    assert (config.task, config.iterations, config.batch_size, config.backward_temperature) == (
+        "topic",
+        3,
+        7,
+        0.5,
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,8 +67,10 @@ def test_shipped_task_loads_with_its_label_set():
 
 
 def test_user_files_with_row_labels(tmp_path):
-    rows = [{"input": "2+2?", "target": "B", "labels": ["A", "B"]}, {"input": "3+3?", "target": "C",
-                                                                      "labels": ["A", "B", "C"]}]
+    rows = [
+        {"input": "2+2?", "target": "B", "labels": ["A", "B"]},
+        {"input": "3+3?", "target": "C", "labels": ["A", "B", "C"]},
+    ]
     task = load_task(train=jsonl(tmp_path / "t.jsonl", rows), dev=jsonl(tmp_path / "d.jsonl", rows))
     assert task.labels == ["A", "B", "C"]
 
@@ -76,7 +86,10 @@ def test_csv_files_load(tmp_path):
     [
         ("", "is empty"),
         ('{"input": "a"}\n', "missing column(s) target"),
-        ('{"input": "a", "target": "x", "labels": ["y", "z"]}\n', "line 1: target 'x' is not in the label set"),
+        (
+            '{"input": "a", "target": "x", "labels": ["y", "z"]}\n',
+            "line 1: target 'x' is not in the label set",
+        ),
         ('{"input": "a", "target": ""}\n', "line 1: empty target"),
         ("not json at all\n", "cannot be read as JSON"),
     ],

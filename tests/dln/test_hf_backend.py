@@ -39,8 +39,11 @@ def test_chat_context_is_scored_through_the_chat_template(hf_model):
     tok = hf_model.tokenizer
     rendered = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     assert rendered.rstrip().endswith("assistant")
-    want = direct_token_logprobs(hf_model, tok(rendered, add_special_tokens=False).input_ids,
-                                 tok("Blue", add_special_tokens=False).input_ids)
+    want = direct_token_logprobs(
+        hf_model,
+        tok(rendered, add_special_tokens=False).input_ids,
+        tok("Blue", add_special_tokens=False).input_ids,
+    )
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 

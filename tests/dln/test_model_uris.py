@@ -46,8 +46,12 @@ def test_an_unreachable_server_is_a_clear_error():
 
 @pytest.mark.parametrize("uri", ["nope:x", "hf:/no/such/dir", f"openai:m@http://127.0.0.1:{free_port()}/v1"])
 def test_cli_prints_one_line_and_exits_2(uri):
-    result = subprocess.run([sys.executable, "-m", "dln", "generate", "--model", uri, "hi"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dln", "generate", "--model", uri, "hi"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

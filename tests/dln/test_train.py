@@ -12,8 +12,16 @@ from dln.lm.base import LanguageModel
 from dln.train import PromptTrainer, balanced_minibatch
 from dln.train_config import TrainConfig
 
-TINY = {"task": "sentiment", "iterations": 2, "batch_size": 6, "num_candidates": 3, "dev_size": 12,
-        "backward_max_tokens": 48, "eval_every": 1, "seed": 13}
+TINY = {
+    "task": "sentiment",
+    "iterations": 2,
+    "batch_size": 6,
+    "num_candidates": 3,
+    "dev_size": 12,
+    "backward_max_tokens": 48,
+    "eval_every": 1,
+    "seed": 13,
+}
 
 
 def tiny(**changes) -> TrainConfig:
@@ -59,7 +67,9 @@ def test_training_raises_the_objective_and_writes_the_run(trained):
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     assert all(m["objective"] >= m["objective_before"] for m in steps)
     assert any(m["objective"] > m["objective_before"] + 1e-6 for m in steps), "no proposal beat the prompt"
-    assert {"config.yaml", "checkpoint.json", "program.json", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "checkpoint.json", "program.json", "metrics.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
     best_dev = max(m["dev_accuracy"] for m in metrics)
     assert program.metadata["dev_accuracy"] == best_dev  # the best prompt on dev is restored
 
@@ -82,7 +92,9 @@ def test_an_interrupted_run_resumes_to_the_same_program(trained, hf_model, tmp_p
     assert checkpoint["iteration"] == 1 and not (tmp_path / "program.json").exists()
     resumed = PromptTrainer(tiny(), str(tmp_path), model=hf_model, progress=False).fit()
     assert resumed.to_dict() == program.to_dict()
-    iterations = [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    iterations = [
+        json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert iterations == [0, 1, 2]
 
 
@@ -92,7 +104,9 @@ def test_zero_iterations_keeps_the_initial_prompt(hf_model, tmp_path):
 
 
 def test_icl_baseline_puts_train_examples_in_the_prompt(hf_model, tmp_path):
-    program = PromptTrainer(tiny(method="icl", icl_shots=2), str(tmp_path), model=hf_model, progress=False).fit()
+    program = PromptTrainer(
+        tiny(method="icl", icl_shots=2), str(tmp_path), model=hf_model, progress=False
+    ).fit()
     assert program.output.prompt.count("Input:") == 2 and program.kind == "dln1"
 
 
@@ -103,8 +117,14 @@ def test_a_run_directory_refuses_a_different_config(hf_model, trained):
 
 
 def test_dln2_step_reports_bounds_and_keeps_them_ordered(hf_model, tmp_path):
-    config = tiny(method="dln2", iterations=1, batch_size=4, num_candidates=2, num_hidden_samples=2,
-                  hidden_max_tokens=16)
+    config = tiny(
+        method="dln2",
+        iterations=1,
+        batch_size=4,
+        num_candidates=2,
+        num_hidden_samples=2,
+        hidden_max_tokens=16,
+    )
     program = PromptTrainer(config, str(tmp_path), model=hf_model, progress=False).fit()
     (step,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][1:]
     assert step["elbo"] <= step["iw_bound"] + 1e-9  # per-example ELBO <= IW bound, so also their means
