@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dln",
-        description="Variational inference over LLM latent text: prompts and thinking traces as latent variables.",
+        description="Variational inference over LLM latent text: prompts and thinking traces as latent variables.\n"
+        "Every command explains its options with --help.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dln {__version__}")
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     quiet_libraries()
     try:
-        return (args.handler(args, extra) if getattr(args, "accepts_overrides", False) else args.handler(args)) or 0
+        return (
+            args.handler(args, extra) if getattr(args, "accepts_overrides", False) else args.handler(args)
+        ) or 0
     except DLNError as err:
         print(f"dln: error: {err}", file=sys.stderr)
         return 2
