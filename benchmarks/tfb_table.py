@@ -42,9 +42,15 @@ def run_one(task: str, seed: int, args) -> dict:
         trained = train_map(config, out, progress=False)
     bayes = BayesianLoRA.load(out)
     data = load_task(task)
-    anchor = list(data.train["input"])[:args.anchor_size]
-    search = bayes.fit(anchor, metric=args.metric, tolerance=args.tolerance, samples=args.search_samples,
-                       steps=args.search_steps, seed=seed)
+    anchor = list(data.train["input"])[: args.anchor_size]
+    search = bayes.fit(
+        anchor,
+        metric=args.metric,
+        tolerance=args.tolerance,
+        samples=args.search_samples,
+        steps=args.search_steps,
+        seed=seed,
+    )
 
     def split(name: str, limit: int):
         rows = data.split(name).select(range(min(limit, len(data.split(name)))))
@@ -64,21 +70,38 @@ def run_one(task: str, seed: int, args) -> dict:
 
     probs = {
         "MAP": predict("map", lambda: bayes.predict_proba(encoded=test_x, row_labels=test_labels, samples=0)),
-        "MC-dropout": predict("mc", lambda: bayes.mc_dropout_proba(encoded=test_x, row_labels=test_labels,
-                                                                   samples=args.samples, seed=seed)),
-        "TFB": predict("tfb", lambda: bayes.predict_proba(encoded=test_x, row_labels=test_labels,
-                                                          samples=args.samples, seed=seed)),
+        "MC-dropout": predict(
+            "mc",
+            lambda: bayes.mc_dropout_proba(
+                encoded=test_x, row_labels=test_labels, samples=args.samples, seed=seed
+            ),
+        ),
+        "TFB": predict(
+            "tfb",
+            lambda: bayes.predict_proba(
+                encoded=test_x, row_labels=test_labels, samples=args.samples, seed=seed
+            ),
+        ),
     }
     dev_probs = bayes.predict_proba(encoded=dev_x, row_labels=dev_labels, samples=0)
     dev_logp = np.log(np.maximum(dev_probs, 1e-300))
     temperature = fit_temperature(dev_logp, dev_y)
     probs["Temp. scaling"] = scale(np.log(np.maximum(probs["MAP"], 1e-300)), temperature)
-    return {"task": task, "seed": seed, "sigma": search.sigma, "temperature": temperature,
-            "train_seconds": trained["train_seconds"], "search_seconds": bayes.search["seconds"],
-            "search_evaluations": len(search.trace) + 1, "map_seconds": timed["map"],
-            "tfb_seconds": timed["tfb"],
-            "mc_seconds": timed["mc"], "n_test": len(test_y), "note": search.note,
-            "metrics": {m: all_metrics(probs[m], test_y) for m in METHODS}}
+    return {
+        "task": task,
+        "seed": seed,
+        "sigma": search.sigma,
+        "temperature": temperature,
+        "train_seconds": trained["train_seconds"],
+        "search_seconds": bayes.search["seconds"],
+        "search_evaluations": len(search.trace) + 1,
+        "map_seconds": timed["map"],
+        "tfb_seconds": timed["tfb"],
+        "mc_seconds": timed["mc"],
+        "n_test": len(test_y),
+        "note": search.note,
+        "metrics": {m: all_metrics(probs[m], test_y) for m in METHODS},
+    }
 
 
 def table(records: list[dict], samples: int) -> str:
@@ -86,26 +109,33 @@ def table(records: list[dict], samples: int) -> str:
     for task in dict.fromkeys(r["task"] for r in records):
         rows = [r for r in records if r["task"] == task]
         for method in METHODS:
-            mean = {k: np.mean([r["metrics"][method][k] for r in rows])
-                    for k in ("acc", "ece", "nll", "brier")}
+            mean = {
+                k: np.mean([r["metrics"][method][k] for r in rows]) for k in ("acc", "ece", "nll", "brier")
+            }
             name = f"{method} (S={samples})" if method in ("TFB", "MC-dropout") else method
-            lines.append(f"| {task} | {name} | {mean['acc']:.3f} | {mean['ece']:.3f} | {mean['nll']:.3f} | "
-                         f"{mean['brier']:.3f} | {len(rows)} |")
+            lines.append(
+                f"| {task} | {name} | {mean['acc']:.3f} | {mean['ece']:.3f} | {mean['nll']:.3f} | "
+                f"{mean['brier']:.3f} | {len(rows)} |"
+            )
     lines.append("")
-    lines.append("| task | seed | σ | T | n test | σ search / MAP predict | TFB S / MAP predict "
-                 "| MC-dropout / MAP |")
+    lines.append(
+        "| task | seed | σ | T | n test | σ search / MAP predict | TFB S / MAP predict | MC-dropout / MAP |"
+    )
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in records:
         base = r["map_seconds"]
-        lines.append(f"| {r['task']} | {r['seed']} | {r['sigma']:.3g} | {r['temperature']:.2f} | "
-                     f"{r['n_test']} | {r['search_seconds'] / base:.1f}x ({r['search_seconds']:.0f} s) | "
-                     f"{r['tfb_seconds'] / base:.1f}x | {r['mc_seconds'] / base:.1f}x |")
+        lines.append(
+            f"| {r['task']} | {r['seed']} | {r['sigma']:.3g} | {r['temperature']:.2f} | "
+            f"{r['n_test']} | {r['search_seconds'] / base:.1f}x ({r['search_seconds']:.0f} s) | "
+            f"{r['tfb_seconds'] / base:.1f}x | {r['mc_seconds'] / base:.1f}x |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", nargs="+", default=["sentiment", "hyperbaton"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=0, help="MAP training steps (0: the config's)")
@@ -133,8 +163,12 @@ def main() -> None:
             done.append(record)
             with results.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            print(f"{task} seed {seed}: sigma={record['sigma']:.3g} " +
-                  " ".join(f"{m}={record['metrics'][m]['ece']:.3f}" for m in METHODS) + " (ECE)", flush=True)
+            print(
+                f"{task} seed {seed}: sigma={record['sigma']:.3g} "
+                + " ".join(f"{m}={record['metrics'][m]['ece']:.3f}" for m in METHODS)
+                + " (ECE)",
+                flush=True,
+            )
     print(table([r for r in done if r["task"] in args.tasks and r["seed"] in args.seeds], args.samples))
 
 

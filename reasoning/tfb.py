@@ -77,10 +77,18 @@ def lora_pairs(model, adapter: str = "default") -> list[LoRAPair]:
             u, d, vt = torch.linalg.svd(s * b.double(), full_matrices=False)  # (out, r), (r,), (r, r)
             keep = d > 1e-6 * d.max().clamp(min=1e-300)
             inv = torch.where(keep, 1.0 / d.clamp(min=1e-300), torch.zeros_like(d))
-            pairs.append(LoRAPair(
-                name=name, a_weight=a, b_weight=b, a_map=a.detach().clone(), b_map=b.detach().clone(),
-                a_prime=(vt @ a.double()).to(a.dtype), b_prime=(u * d / s).to(b.dtype),
-                noise_std_per_sigma=inv.to(a.dtype).unsqueeze(1)))
+            pairs.append(
+                LoRAPair(
+                    name=name,
+                    a_weight=a,
+                    b_weight=b,
+                    a_map=a.detach().clone(),
+                    b_map=b.detach().clone(),
+                    a_prime=(vt @ a.double()).to(a.dtype),
+                    b_prime=(u * d / s).to(b.dtype),
+                    noise_std_per_sigma=inv.to(a.dtype).unsqueeze(1),
+                )
+            )
     if not pairs:
         raise DLNError("the model has no LoRA layers for adapter " + repr(adapter))
     return pairs
@@ -128,8 +136,15 @@ def within_tolerance(score: AnchorScore, reference: AnchorScore, metric: str, to
     return (score.nll - reference.nll) / max(reference.nll, 1e-12) <= tolerance
 
 
-def search_sigma(evaluate: Callable[[float], AnchorScore], *, metric: str = "acc", tolerance: float = 0.01,
-                 sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, steps: int = 8) -> SigmaSearch:
+def search_sigma(
+    evaluate: Callable[[float], AnchorScore],
+    *,
+    metric: str = "acc",
+    tolerance: float = 0.01,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    steps: int = 8,
+) -> SigmaSearch:
     """The largest σ in [sigma_min, sigma_max] whose anchor score is within tolerance of σ = 0 (bisection).
 
     Args:
@@ -145,8 +160,10 @@ def search_sigma(evaluate: Callable[[float], AnchorScore], *, metric: str = "acc
     if metric not in ("acc", "nll"):
         raise DLNError(f"unknown TFB metric {metric!r}; use acc or nll")
     if tolerance < 0 or not 0 < sigma_min < sigma_max or steps < 0:
-        raise DLNError(f"need tolerance >= 0 and 0 < sigma_min < sigma_max, got tolerance={tolerance}, "
-                       f"range=[{sigma_min}, {sigma_max}]")
+        raise DLNError(
+            f"need tolerance >= 0 and 0 < sigma_min < sigma_max, got tolerance={tolerance}, "
+            f"range=[{sigma_min}, {sigma_max}]"
+        )
     reference = evaluate(0.0)
     result = SigmaSearch(0.0, metric, tolerance, reference, sigma_min, sigma_max, steps)
 
@@ -185,8 +202,9 @@ class BayesianLoRA:
         meta: the adapter's `tfb_task.json` record.
     """
 
-    def __init__(self, model, scorer, sigma: float = 0.0, meta: dict | None = None,
-                 search: dict | None = None) -> None:
+    def __init__(
+        self, model, scorer, sigma: float = 0.0, meta: dict | None = None, search: dict | None = None
+    ) -> None:
         self.model, self.scorer, self.sigma, self.meta = model, scorer, float(sigma), meta or {}
         self.search = search
         self.pairs = lora_pairs(model)
@@ -197,9 +215,16 @@ class BayesianLoRA:
 
     # -- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_proba(self, inputs: list[str] | None = None, *, samples: int = 10, seed: int = 0,
-                      sigma: float | None = None, encoded: list[list[int]] | None = None,
-                      row_labels: list[list[str]] | None = None) -> np.ndarray:
+    def predict_proba(
+        self,
+        inputs: list[str] | None = None,
+        *,
+        samples: int = 10,
+        seed: int = 0,
+        sigma: float | None = None,
+        encoded: list[list[int]] | None = None,
+        row_labels: list[list[str]] | None = None,
+    ) -> np.ndarray:
         """(N, K) predictive probabilities over the labels, averaged over `samples` weight draws (0: MAP)."""
         if samples < 0:
             raise DLNError(f"samples must be >= 0, got {samples}")
@@ -218,9 +243,15 @@ class BayesianLoRA:
         return (total / samples).numpy()
 
     @torch.no_grad()
-    def mc_dropout_proba(self, inputs: list[str] | None = None, *, samples: int = 10, seed: int = 0,
-                         encoded: list[list[int]] | None = None,
-                         row_labels: list[list[str]] | None = None) -> np.ndarray:
+    def mc_dropout_proba(
+        self,
+        inputs: list[str] | None = None,
+        *,
+        samples: int = 10,
+        seed: int = 0,
+        encoded: list[list[int]] | None = None,
+        row_labels: list[list[str]] | None = None,
+    ) -> np.ndarray:
         """The MC-dropout baseline: LoRA dropout switched on at inference, probabilities averaged."""
         from peft.tuners.lora import LoraLayer
 
@@ -244,9 +275,19 @@ class BayesianLoRA:
         return (total / max(samples, 1)).numpy()
 
     # -- σ search ----------------------------------------------------------------------------------------
-    def fit(self, anchor_inputs: list[str], *, metric: str = "acc", tolerance: float = 0.01, samples: int = 4,
-            sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, steps: int = 8, seed: int = 0,
-            progress: bool = False) -> SigmaSearch:
+    def fit(
+        self,
+        anchor_inputs: list[str],
+        *,
+        metric: str = "acc",
+        tolerance: float = 0.01,
+        samples: int = 4,
+        sigma_min: float = SIGMA_MIN,
+        sigma_max: float = SIGMA_MAX,
+        steps: int = 8,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> SigmaSearch:
         """Set σ to the largest value whose anchor-set score stays within tolerance (see the module text)."""
         if not anchor_inputs:
             raise DLNError("the anchor set is empty; give unlabelled training inputs (JSONL lines of input)")
@@ -258,21 +299,36 @@ class BayesianLoRA:
 
         def evaluate(sigma: float) -> AnchorScore:
             # the same seed at every σ: common random numbers
-            probs = map_probs if sigma == 0 else self.predict_proba(
-                encoded=encoded, samples=samples, sigma=sigma, seed=seed)
+            probs = (
+                map_probs
+                if sigma == 0
+                else self.predict_proba(encoded=encoded, samples=samples, sigma=sigma, seed=seed)
+            )
             p_true = np.maximum(probs[np.arange(len(pseudo)), pseudo], 1e-12)
-            score = AnchorScore(float(np.mean(np.argmax(probs, axis=1) == pseudo)),
-                                float(-np.mean(np.log(p_true))))
+            score = AnchorScore(
+                float(np.mean(np.argmax(probs, axis=1) == pseudo)), float(-np.mean(np.log(p_true)))
+            )
             if progress:
                 print(f"tfb: sigma={sigma:.3g} acc={score.accuracy:.4f} nll={score.nll:.4f}", flush=True)
             return score
 
         start = time.time()
-        result = search_sigma(evaluate, metric=metric, tolerance=tolerance, sigma_min=sigma_min,
-                              sigma_max=sigma_max, steps=steps)
+        result = search_sigma(
+            evaluate,
+            metric=metric,
+            tolerance=tolerance,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            steps=steps,
+        )
         self.sigma = result.sigma
-        self.search = {**asdict(result), "anchor_size": len(anchor_inputs), "samples": samples, "seed": seed,
-                       "seconds": time.time() - start}
+        self.search = {
+            **asdict(result),
+            "anchor_size": len(anchor_inputs),
+            "samples": samples,
+            "seed": seed,
+            "seconds": time.time() - start,
+        }
         return result
 
     # -- persistence -------------------------------------------------------------------------------------
@@ -282,9 +338,13 @@ class BayesianLoRA:
 
         out = Path(out)
         save_adapter(self.model, out, self.meta)
-        record = {"sigma": self.sigma, "recipe": "svd of s*B per LoRA pair; A <- V^T A + (sigma/d) Z; "
-                  "B <- U diag(d)/s (recomputed from the saved MAP factors at load)",
-                  "layers": [p.name for p in self.pairs], "search": self.search}
+        record = {
+            "sigma": self.sigma,
+            "recipe": "svd of s*B per LoRA pair; A <- V^T A + (sigma/d) Z; "
+            "B <- U diag(d)/s (recomputed from the saved MAP factors at load)",
+            "layers": [p.name for p in self.pairs],
+            "search": self.search,
+        }
         (out / TFB_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         return out
 

@@ -43,8 +43,12 @@ def brier(probs: np.ndarray, targets: np.ndarray) -> float:
 
 def all_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets)
-    return {"acc": accuracy(probs, targets), "ece": ece(probs, targets), "nll": nll(probs, targets),
-            "brier": brier(probs, targets)}
+    return {
+        "acc": accuracy(probs, targets),
+        "ece": ece(probs, targets),
+        "nll": nll(probs, targets),
+        "brier": brier(probs, targets),
+    }
 
 
 def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -55,12 +59,14 @@ def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(log_probs: np.ndarray, targets: np.ndarray, *, lo: float = 0.05, hi: float = 20.0,
-                    iterations: int = 60) -> float:
+def fit_temperature(
+    log_probs: np.ndarray, targets: np.ndarray, *, lo: float = 0.05, hi: float = 20.0, iterations: int = 60
+) -> float:
     """argmin_T NLL(softmax(log p / T)) on held-out data, by golden-section search over log T in [lo, hi].
 
     The NLL of temperature-scaled logits is convex in 1/T, hence unimodal in log T.
     """
+
     def loss(log_t: float) -> float:
         return nll(scale(log_probs, float(np.exp(log_t))), np.asarray(targets))
 

@@ -51,8 +51,9 @@ class MapTrainConfig:
     rank: int = _help("LoRA rank r", 8)
     alpha: float = _help("LoRA alpha (scaling alpha / r)", 16.0)
     dropout: float = _help("LoRA dropout (also the MC-dropout rate)", 0.1)
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      metadata={"help": "modules that get a LoRA pair"})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "modules that get a LoRA pair"}
+    )
     steps: int = _help("optimiser steps", 60)
     batch_size: int = _help("examples per step", 8)
     lr: float = _help("AdamW learning rate", 1e-3)
@@ -74,15 +75,24 @@ class LabelScorer:
     otherwise each (example, label) sequence is run and its label tokens summed.
     """
 
-    def __init__(self, model, tokenizer, labels: list[str], *, prompt: str = DEFAULT_PROMPT,
-                 template: str = CLASSIFY_TEMPLATE, batch_size: int = 16) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        labels: list[str],
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        template: str = CLASSIFY_TEMPLATE,
+        batch_size: int = 16,
+    ) -> None:
         if not labels:
             raise DLNError("a label task needs at least one label")
         self.model, self.tokenizer, self.labels = model, tokenizer, list(labels)
         self.layer = LanguageLayer(prompt, template)
         self.batch_size = batch_size
-        self.label_ids = [tokens.encode_continuation(tokenizer, self.layer.label_text(y))
-                          for y in self.labels]
+        self.label_ids = [
+            tokens.encode_continuation(tokenizer, self.layer.label_text(y)) for y in self.labels
+        ]
         if any(not ids for ids in self.label_ids):
             raise DLNError(f"a label encodes to no tokens: {self.labels}")
         self.single_token = all(len(ids) == 1 for ids in self.label_ids)
@@ -112,7 +122,7 @@ class LabelScorer:
 
         out = []
         for start in range(0, len(encoded), self.batch_size):
-            rows = encoded[start:start + self.batch_size]
+            rows = encoded[start : start + self.batch_size]
             out.append(self._batch_totals(rows) if self.single_token else self._batch_totals_multi(rows))
         totals = torch.cat(out)  # (N, K) unnormalised sequence log-probs
         if mask is not None:
@@ -126,12 +136,16 @@ class LabelScorer:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left padding: the last column is every row's last real token
-            ids[i, width - len(r):] = torch.tensor(r)
-            attn[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            attn[i, width - len(r) :] = 1
         positions = (attn.cumsum(-1) - 1).clamp(min=0)  # the positions the rows have unpadded
         device = next(self.model.parameters()).device
-        out = self.model(input_ids=ids.to(device), attention_mask=attn.to(device),
-                         position_ids=positions.to(device), logits_to_keep=1 if keep_last else 0)
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=1 if keep_last else 0,
+        )
         return out.logits.float()  # (B, 1 or T, V)
 
     def _batch_totals(self, rows: list[list[int]]) -> torch.Tensor:
@@ -178,26 +192,41 @@ def add_lora(base, config: MapTrainConfig):
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                      target_modules=list(config.target_modules), bias="none")
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(config.target_modules),
+        bias="none",
+    )
     return get_peft_model(base, lora)
 
 
-def train_map(config: MapTrainConfig, out: str | Path, *, base=None, tokenizer=None,
-              progress: bool = True) -> dict:
+def train_map(
+    config: MapTrainConfig, out: str | Path, *, base=None, tokenizer=None, progress: bool = True
+) -> dict:
     """Fine-tune a LoRA adapter by label cross-entropy and save it to `out`; returns the training log."""
     import torch
 
     from dln.data.loading import example_labels, load_task
 
     task = load_task(config.task, train=config.train, dev=config.dev)
-    data = task.train if not config.train_limit else task.train.select(range(min(config.train_limit,
-                                                                                  len(task.train))))
+    data = (
+        task.train
+        if not config.train_limit
+        else task.train.select(range(min(config.train_limit, len(task.train))))
+    )
     if base is None:
         base, tokenizer = load_base(config.model)
     model = add_lora(base, config)
-    scorer = LabelScorer(model, tokenizer, task.labels, prompt=config.prompt, template=config.template,
-                         batch_size=config.batch_size)
+    scorer = LabelScorer(
+        model,
+        tokenizer,
+        task.labels,
+        prompt=config.prompt,
+        template=config.template,
+        batch_size=config.batch_size,
+    )
     encoded = scorer.encode(list(data["input"]))
     mask = scorer.label_mask(example_labels(data, task.labels), len(data))
     targets = torch.tensor([task.labels.index(t) for t in data["target"]])
@@ -210,7 +239,7 @@ def train_map(config: MapTrainConfig, out: str | Path, *, base=None, tokenizer=N
     for step in range(config.steps):
         if len(order) < config.batch_size:
             order += rng.sample(range(len(encoded)), len(encoded))
-        batch, order = order[:config.batch_size], order[config.batch_size:]
+        batch, order = order[: config.batch_size], order[config.batch_size :]
         logp = scorer.log_probs([encoded[i] for i in batch], mask[batch])  # (B, K)
         loss = torch.nn.functional.nll_loss(logp, targets[batch])
         optimiser.zero_grad()
@@ -223,9 +252,16 @@ def train_map(config: MapTrainConfig, out: str | Path, *, base=None, tokenizer=N
     if bar is not None:
         bar.close()
     model.eval()
-    meta = {"base_model": config.model, "task": task.name, "labels": task.labels, "prompt": config.prompt,
-            "template": config.template, "config": asdict(config), "train_seconds": time.time() - start,
-            "final_loss": log[-1]["loss"]}
+    meta = {
+        "base_model": config.model,
+        "task": task.name,
+        "labels": task.labels,
+        "prompt": config.prompt,
+        "template": config.template,
+        "config": asdict(config),
+        "train_seconds": time.time() - start,
+        "final_loss": log[-1]["loss"],
+    }
     save_adapter(model, out, meta)
     return {"out": str(out), **{k: meta[k] for k in ("task", "train_seconds", "final_loss")}}
 
@@ -246,8 +282,10 @@ def save_adapter(model, out: str | Path, meta: dict) -> None:
 def read_task_file(directory: str | Path) -> dict:
     path = Path(directory) / TASK_FILE
     if not path.is_file():
-        raise DLNError(f"{directory} is not an adapter written by `dln tfb train-map` (no {TASK_FILE}); "
-                       f"train one with: dln tfb train-map --task sentiment --out {directory}")
+        raise DLNError(
+            f"{directory} is not an adapter written by `dln tfb train-map` (no {TASK_FILE}); "
+            f"train one with: dln tfb train-map --task sentiment --out {directory}"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 

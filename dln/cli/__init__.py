@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dln",
-        description="Variational inference over LLM latent text: prompts and thinking traces as latent variables.\n"
-        "Every command explains its options with --help.",
+        description="Variational inference over LLM latent text: prompts and thinking traces as latent "
+        "variables.\nEvery command explains its options with --help.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dln {__version__}")

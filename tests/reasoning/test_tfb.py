@@ -45,9 +45,16 @@ def tiny_lora_model(tokenizer, seed: int = 0, rank: int = 4, save_base_to=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     base = LlamaForCausalLM(config)
     if save_base_to is not None:
         base.save_pretrained(str(save_base_to))
@@ -68,8 +75,9 @@ def test_noise_is_isotropic_sigma2_in_the_low_rank_subspace(tokenizer):
     pair = next(p for p in pairs if p.name.endswith("layers.0.self_attn.q_proj"))
     s = 16.0 / 4  # alpha / r
     # the re-parametrisation keeps the update: s B' A' = s B A
-    torch.testing.assert_close(s * pair.b_prime @ pair.a_prime, s * pair.b_map @ pair.a_map,
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        s * pair.b_prime @ pair.a_prime, s * pair.b_map @ pair.a_map, atol=1e-5, rtol=1e-5
+    )
     sigma, draws = 0.3, 3000
     generator = torch.Generator().manual_seed(0)
     noise = []
@@ -144,8 +152,13 @@ def test_sigma_search_edges_and_errors():
 def tiny_bayes(tokenizer, sigma=0.5, labels=LABELS, save_base_to=None):
     model = tiny_lora_model(tokenizer, save_base_to=save_base_to)
     scorer = LabelScorer(model, tokenizer, labels, prompt="Good or bad?")
-    meta = {"base_model": "default", "task": "sentiment", "labels": labels, "prompt": "Good or bad?",
-            "template": scorer.layer.template}
+    meta = {
+        "base_model": "default",
+        "task": "sentiment",
+        "labels": labels,
+        "prompt": "Good or bad?",
+        "template": scorer.layer.template,
+    }
     return BayesianLoRA(model, scorer, sigma, meta)
 
 
@@ -222,8 +235,9 @@ def test_bayesianized_adapter_round_trips(tokenizer, tmp_path):
     base_dir = tmp_path / "tiny-base"
     bayes = tiny_bayes(tokenizer, sigma=0.0, save_base_to=base_dir)
     bayes.meta["base_model"] = str(base_dir)
-    result = bayes.fit(INPUTS, metric="acc", tolerance=0.0, samples=2, sigma_min=1e-3, sigma_max=10.0,
-                       steps=3)
+    result = bayes.fit(
+        INPUTS, metric="acc", tolerance=0.0, samples=2, sigma_min=1e-3, sigma_max=10.0, steps=3
+    )
     assert bayes.sigma == result.sigma and len(result.trace) >= 2
     bayes.sigma = 0.25  # a value the test controls
     bayes.save(tmp_path / "A-tfb")
@@ -233,18 +247,23 @@ def test_bayesianized_adapter_round_trips(tokenizer, tmp_path):
     assert not (tmp_path / "A-tfb" / "README.md").exists()  # PEFT's card would name a local path
     loaded = BayesianLoRA.load(tmp_path / "A-tfb")  # one call: base model, adapter, σ
     assert loaded.sigma == 0.25 and loaded.labels == LABELS
-    np.testing.assert_allclose(loaded.predict_proba(INPUTS, samples=0),
-                               bayes.predict_proba(INPUTS, samples=0), atol=1e-6)
-    np.testing.assert_allclose(loaded.predict_proba(INPUTS, samples=3, seed=2),
-                               bayes.predict_proba(INPUTS, samples=3, seed=2), atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.predict_proba(INPUTS, samples=0), bayes.predict_proba(INPUTS, samples=0), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        loaded.predict_proba(INPUTS, samples=3, seed=2),
+        bayes.predict_proba(INPUTS, samples=3, seed=2),
+        atol=1e-5,
+    )
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["tfb", "eval", "--adapter", str(tmp_path / "missing")]) == 2
     assert "dln tfb train-map" in capsys.readouterr().err
     (tmp_path / "notanadapter").mkdir()
-    assert main(["tfb", "fit", "--adapter", str(tmp_path / "notanadapter"),
-                 "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["tfb", "fit", "--adapter", str(tmp_path / "notanadapter"), "--out", str(tmp_path / "o")]) == 2
+    )
     assert "tfb_task.json" in capsys.readouterr().err
     assert main(["tfb", "train-map", "--out", str(tmp_path / "A")]) == 2
     assert "--task" in capsys.readouterr().err
@@ -266,11 +285,50 @@ def test_cli_train_fit_eval_on_the_default_model(tmp_path, capsys):
     anchor.write_text("".join(json.dumps({"input": x}) + "\n" for x in INPUTS))
     targets = ["good", "bad", "good"]
     test.write_text("".join(json.dumps({"input": x, "target": y}) + "\n" for x, y in zip(INPUTS, targets)))
-    assert main(["tfb", "train-map", "--task", "sentiment", "--out", str(adapter), "--quiet", "--steps", "2",
-                 "--batch-size", "4", "--train-limit", "16"]) == 0
+    assert (
+        main(
+            [
+                "tfb",
+                "train-map",
+                "--task",
+                "sentiment",
+                "--out",
+                str(adapter),
+                "--quiet",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--train-limit",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"] == "sentiment"
-    assert main(["tfb", "fit", "--adapter", str(adapter), "--anchor", str(anchor), "--metric", "acc",
-                 "--tolerance", "0.01", "--samples", "1", "--steps", "2", "--out", str(bayesian)]) == 0
+    assert (
+        main(
+            [
+                "tfb",
+                "fit",
+                "--adapter",
+                str(adapter),
+                "--anchor",
+                str(anchor),
+                "--metric",
+                "acc",
+                "--tolerance",
+                "0.01",
+                "--samples",
+                "1",
+                "--steps",
+                "2",
+                "--out",
+                str(bayesian),
+            ]
+        )
+        == 0
+    )
     fitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert fitted["sigma"] >= 0 and (bayesian / "tfb.json").is_file()
     assert main(["tfb", "eval", "--adapter", str(bayesian), "--data", str(test), "--samples", "2"]) == 0
