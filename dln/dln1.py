@@ -44,6 +44,29 @@ def split_outcomes(batch: Batch, predicted: list[str], hidden: list[str] | None 
     return successes, errors
 
 
+def propose(
+    backward: LanguageModel,
+    config: TrainConfig,
+    prompt: str,
+    successes: list[Example],
+    errors: list[Example],
+    labels: list[str],
+    seed: int,
+) -> list[str]:
+    """The N-1 proposals of one iteration, with the config's backward sampling settings."""
+    return propose_prompts(
+        backward,
+        prompt,
+        successes,
+        errors,
+        labels,
+        num=config.num_candidates - 1,
+        temperature=config.backward_temperature,
+        max_tokens=config.backward_max_tokens,
+        seed=seed,
+    )
+
+
 def dln1_step(
     layer: LanguageLayer,
     model: LanguageModel,
@@ -58,17 +81,7 @@ def dln1_step(
     current = layer.prompt
     gold_current, predicted = evaluate_prompt(layer, model, current, batch, hidden)
     successes, errors = split_outcomes(batch, predicted, hidden)
-    proposals = propose_prompts(
-        backward,
-        current,
-        successes,
-        errors,
-        labels,
-        num=config.num_candidates - 1,
-        temperature=config.backward_temperature,
-        max_tokens=config.backward_max_tokens,
-        seed=seed,
-    )
+    proposals = propose(backward, config, current, successes, errors, labels, seed)
     scores = [float(gold_current.mean())]
     if proposals:
         per_example = label_logprobs(layer, model, proposals, batch.inputs, batch.label_sets, hidden)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from dln import vi
-from dln.dln1 import Batch, split_outcomes
+from dln.dln1 import Batch, propose, split_outcomes
 from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
-from dln.meta import Example, propose_prompts
+from dln.meta import Example
 from dln.scoring import gold_logprobs, label_logprobs
 from dln.train_config import TrainConfig
 
@@ -93,17 +93,7 @@ def dln2_step(
         labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))
     ]
     successes, errors = split_outcomes(batch, predicted, best_hidden)
-    proposals = propose_prompts(
-        backward,
-        output.prompt,
-        successes,
-        errors,
-        labels,
-        num=config.num_candidates - 1,
-        temperature=config.backward_temperature,
-        max_tokens=config.backward_max_tokens,
-        seed=seed,
-    )
+    proposals = propose(backward, config, output.prompt, successes, errors, labels, seed)
     scores2 = weighted_objective(log_p_y[None, :], weights).tolist()
     if proposals:
         per = label_logprobs(output, model, proposals, flat.inputs, flat.label_sets, texts)
@@ -113,17 +103,7 @@ def dln2_step(
 
     # π1: candidates should make the posterior's good hidden texts likely from x alone
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
-    proposals = propose_prompts(
-        backward,
-        hidden.prompt,
-        shown,
-        [],
-        [],
-        num=config.num_candidates - 1,
-        temperature=config.backward_temperature,
-        max_tokens=config.backward_max_tokens,
-        seed=seed + 1,
-    )
+    proposals = propose(backward, config, hidden.prompt, shown, [], [], seed + 1)
     scores1 = weighted_objective(log_p_h[None, :], weights).tolist()
     for prompt in proposals:
         candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
