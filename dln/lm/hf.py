@@ -105,25 +105,28 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     # -- scoring -------------------------------------------------------------------------------------
     @torch.inference_mode()
     def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
+        continuation_ids = [self.encode_continuation(c) for c in continuations]
         context_ids: dict[str, list[int]] = {}
-        pair_context = []  # for each pair, the key of its distinct context
-        for context in contexts:
+        pairs_of: dict[str, list[int]] = {}  # distinct context -> the pairs (with a continuation) that use it
+        for i, context in enumerate(contexts):
             key = tokens.context_key(self.tokenizer, context, self.uri)
             if key not in context_ids:
                 context_ids[key] = self.encode_prompt(context)
-            pair_context.append(key)
-        continuation_ids = [self.encode_continuation(c) for c in continuations]
+                pairs_of[key] = []
+            if continuation_ids[i]:
+                pairs_of[key].append(i)
 
         results: list[list[float]] = [[] for _ in continuations]
         keys = list(context_ids)
         for key_chunk in _chunks(keys, self.batch_size):
-            rows = {key: i for i, key in enumerate(key_chunk)}
-            pairs = [i for i, key in enumerate(pair_context) if key in rows and continuation_ids[i]]
+            # each pair of this chunk -> the row of its context in the chunk
+            row_of = {i: row for row, key in enumerate(key_chunk) for i in pairs_of[key]}
+            pairs = sorted(row_of)
             if not pairs:
                 continue
             cache, first_logprobs, lengths, mask = self._encode_contexts([context_ids[k] for k in key_chunk])
             for pair_chunk in _chunks(pairs, self.pair_batch_size):
-                index = torch.tensor([rows[pair_context[i]] for i in pair_chunk], device=self.device)
+                index = torch.tensor([row_of[i] for i in pair_chunk], device=self.device)
                 scores = self._score_continuations(
                     cache, first_logprobs, lengths, mask, index, [continuation_ids[i] for i in pair_chunk]
                 )
