@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from dln.errors import DLNError
 from dln.layers import CLASSIFY_TEMPLATE, LanguageLayer
 from dln.lm import tokens
+from reasoning.policy import load_base
 
 if TYPE_CHECKING:
     import torch
@@ -167,24 +168,6 @@ class LabelScorer:
             cols = torch.arange(width - len(lab), width, device=logp.device)
             totals.append(logp[j, cols - 1, torch.tensor(lab, device=logp.device)].sum())
         return torch.stack(totals).reshape(len(rows), len(self.label_ids)).cpu()
-
-
-def load_base(model: str = "default"):
-    """(model, tokenizer) of a transformers directory (`default`: the built-in SmolLM2), fp32 on CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dln.lm.registry import resolve_model_path
-
-    path = resolve_model_path(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    except OSError as err:
-        raise DLNError(f"cannot load base model {model!r}: not a local transformers directory") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return base, tokenizer
 
 
 def add_lora(base, config: MapTrainConfig):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -217,6 +218,8 @@ def _load(path: str, device: torch.device, dtype: str | None):
     torch_dtype = (
         getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     )
+    if (Path(path) / "adapter_config.json").is_file():
+        return _load_adapter(path, device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
@@ -226,6 +229,20 @@ def _load(path: str, device: torch.device, dtype: str | None):
             f"Face cache, and models are never downloaded at run time; pass hf:<model-dir> or hf:default"
         ) from err
     return tokenizer, model.to(device)
+
+
+def _load_adapter(path: str, device: torch.device, dtype: str | None):
+    """A PEFT LoRA adapter directory (what `dln reason train` / `dln bon train` write): its base model with
+    the adapter merged in, so generation and scoring run at the base model's speed."""
+    import json
+
+    from peft import PeftModel
+
+    base_name = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if not base_name:
+        raise DLNError(f"adapter {path} does not name its base model (base_model_name_or_path is empty)")
+    tokenizer, base = _load(resolve_model_path(base_name), device, dtype)
+    return tokenizer, PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:

@@ -3,7 +3,7 @@
 | URI | backend |
 |---|---|
 | `hf:default` | the built-in SmolLM2-135M-Instruct (converted once, see `default_model`) |
-| `hf:<path-or-name>` | transformers; a local directory or a model in the local Hugging Face cache |
+| `hf:<path-or-name>` | transformers: a local model or PEFT adapter directory, or a model in the HF cache |
 | `vllm:<path-or-name>` | vLLM's offline engine (`pip install dln[vllm]`) |
 | `openai:<model>@<base_url>` | any OpenAI-compatible server through the `openai` SDK |
 """
@@ -68,8 +68,11 @@ def resolve_model_path(name: str) -> str:
         return str(ensure_default_model())
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise DLNError(f"{name} is not a transformers model directory (no config.json in it)")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise DLNError(
+                f"{name} is neither a transformers model directory (config.json) nor a PEFT adapter "
+                f"directory (adapter_config.json)"
+            )
         return str(path)
     if name.startswith((".", "/", "~")):
         raise DLNError(f"model path {name} does not exist; {URI_HELP}")

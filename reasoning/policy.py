@@ -1,0 +1,295 @@
+"""A trainable policy: one transformers base model with named PEFT LoRA adapters.
+
+Variational reasoning needs two distributions on one base (the policy π_θ and the posterior q_φ), vBoN
+needs a policy and its frozen reference. Both are named LoRA adapters on one model, so the reference
+costs nothing: `policy.use(None)` runs the base with every adapter disabled.
+
+Sequences are handled as token ids end to end: a prompt is encoded once (chat template, `dln.lm.tokens`),
+`sample` returns completion ids, and `logprobs` scores exactly those ids, so a sample's log-probability
+is never changed by a decode/re-encode round trip. A completion keeps its EOS token when the model stopped,
+so log π(y | x) includes the probability of stopping there.
+
+Example:
+    policy = Policy.load(PolicyConfig(), adapters=("policy",))
+    prompts = policy.encode_prompts(["Continue: The film"])
+    samples = policy.sample(prompts, n=4, max_new_tokens=32, seed=0)      # [[ids, ids, ids, ids]]
+    with policy.use("policy"):
+        logp = policy.logprobs(prompts * 4, samples[0])                 # (4,), with gradient
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dln.errors import DLNError
+from dln.lm import tokens
+
+ADAPTER_META = "dln_adapter.json"
+
+
+def _help(text: str, default, **kwargs):
+    return field(default=default, metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class PolicyConfig:
+    """The base model and the LoRA adapters put on it."""
+
+    model: str = _help("base model: `default` (the built-in SmolLM2-135M-Instruct) or a model dir", "default")
+    lora_rank: int = _help("LoRA rank r", 16)
+    lora_alpha: int = _help("LoRA alpha (scale alpha / r)", 32)
+    lora_dropout: float = _help("dropout on the LoRA input", 0.0)
+    target_modules: str = _help("modules LoRA wraps: `all-linear` or a comma-separated list", "all-linear")
+    bf16: bool = _help("bf16 autocast for sampling and scoring (CPUs with avx512_bf16, GPUs)", False)
+    device: str = _help("torch device; empty: cuda when available, else cpu", "")
+    seed: int = _help("seed of the adapters' initialisation", 0)
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 1:
+            raise DLNError(f"lora_rank must be >= 1, got {self.lora_rank}")
+
+
+def load_base(model: str = "default", device: str | torch.device = "cpu"):
+    """(model, tokenizer) of a transformers directory (`default`: the built-in SmolLM2), fp32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dln.lm.registry import resolve_model_path
+
+    path = resolve_model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    except OSError as err:
+        raise DLNError(f"cannot load base model {model!r}: not a local transformers directory") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return base.to(device), tokenizer
+
+
+class Policy:
+    """A PEFT model with named adapters, plus sampling and exact sequence log-probs on token ids."""
+
+    def __init__(self, model, tokenizer, config: PolicyConfig, adapters: Sequence[str]) -> None:
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.adapters = tuple(adapters)
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, config: PolicyConfig, adapters: Sequence[str] = ("policy",)) -> Policy:
+        """The base model with one fresh LoRA adapter per name (B = 0: each starts equal to the base)."""
+        from peft import LoraConfig, get_peft_model
+
+        if not adapters or len(set(adapters)) != len(adapters):
+            raise DLNError(f"give one or more distinct adapter names, got {list(adapters)}")
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        base, tokenizer = load_base(config.model, device)
+        targets = config.target_modules
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(config.seed)
+        model = get_peft_model(base, lora, adapter_name=adapters[0])
+        for name in adapters[1:]:
+            model.add_adapter(name, lora)
+        policy = cls(model, tokenizer, config, adapters)
+        policy._activate(adapters[0])
+        return policy
+
+    def load_adapter_weights(self, name: str, directory: str | Path) -> None:
+        """Overwrite adapter `name` with the weights saved in `directory` (e.g. a warm-start SFT adapter)."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        set_peft_model_state_dict(self.model, load_peft_weights(str(directory)), adapter_name=name)
+
+    # -- adapters -------------------------------------------------------------------------------------
+    def _activate(self, name: str) -> None:
+        self.model.set_adapter(name)
+        # PEFT freezes every inactive adapter on set_adapter; all stay trainable here, because one loss may
+        # be built under several adapters before its backward pass.
+        for param_name, param in self.model.named_parameters():
+            if "lora_" in param_name:
+                param.requires_grad_(True)
+
+    @contextmanager
+    def use(self, name: str | None) -> Iterator[None]:
+        """Run under adapter `name`; None runs the reference (the base with every adapter disabled)."""
+        if name is None:
+            with self.model.disable_adapter():
+                yield
+            return
+        if name not in self.adapters:
+            raise DLNError(f"unknown adapter {name!r}; this policy has {list(self.adapters)}")
+        previous = self.model.active_adapter
+        self._activate(name)
+        try:
+            yield
+        finally:
+            self._activate(previous)
+
+    def parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The trainable parameters of adapter `name`."""
+        marker = f".{name}."
+        params = [p for n, p in self.model.named_parameters() if "lora_" in n and marker in n]
+        if not params:
+            raise DLNError(f"adapter {name!r} has no parameters")
+        return params
+
+    def autocast(self):
+        return (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+        )
+
+    # -- tokens ---------------------------------------------------------------------------------------
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text as one user turn of the chat template, ending with the assistant's turn."""
+        return [
+            tokens.encode_prompt(self.tokenizer, [{"role": "user", "content": text}]) for text in texts
+        ]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # -- sampling -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        prompt_ids: Sequence[list[int]],
+        n: int = 1,
+        max_new_tokens: int = 48,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int = 32,
+    ) -> list[list[list[int]]]:
+        """n completions per prompt under the active adapter: token ids, EOS kept when the model stopped.
+
+        temperature 0 is greedy (one decode, copied n times). Sampling uses the full distribution (top_k=0).
+        """
+        from dln.lm.hf import seeded
+
+        eos = self.tokenizer.eos_token_id
+        greedy = temperature == 0
+        kwargs = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "num_return_sequences": 1 if greedy else n,
+            **({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
+                                                    "top_k": 0, "top_p": top_p}),
+        }
+        was_training = self.model.training
+        self.model.eval()
+        out: list[list[list[int]]] = []
+        context = seeded(self.device, seed) if seed is not None else nullcontext()
+        try:
+            with context, self.autocast():
+                for start in range(0, len(prompt_ids), batch_size):
+                    chunk = list(prompt_ids[start : start + batch_size])
+                    ids, mask = _pad(chunk, self.tokenizer.pad_token_id, "left", self.device)
+                    generated = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                    rows = [_trim(row, eos) for row in generated[:, ids.shape[1] :].tolist()]
+                    per_prompt = 1 if greedy else n
+                    for i in range(len(chunk)):
+                        group = rows[i * per_prompt : (i + 1) * per_prompt]
+                        out.append(group * n if greedy else group)
+        finally:
+            self.model.train(was_training)
+        return out
+
+    # -- scoring --------------------------------------------------------------------------------------
+    def logprobs(
+        self,
+        prompt_ids: Sequence[list[int]],
+        completion_ids: Sequence[list[int]],
+        per_token: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """log π(completion | prompt) under the active adapter, from one forward pass (with gradient).
+
+        Returns:
+            (B,) sums of token log-probs; with per_token, ((B, T) token log-probs, (B, T) float mask).
+        """
+        if len(prompt_ids) != len(completion_ids):
+            raise DLNError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
+        rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
+        ids, mask = _pad(rows, self.tokenizer.pad_token_id, "right", self.device)
+        width = max(1, max(len(c) for c in completion_ids))
+        # targets: the completion tokens, right-aligned to their own prompt (B, T)
+        target = torch.full((len(rows), width), self.tokenizer.pad_token_id, device=self.device)
+        positions = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+        token_mask = torch.zeros((len(rows), width), device=self.device)
+        for i, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+            if c:
+                target[i, : len(c)] = torch.tensor(c, device=self.device)
+                positions[i, : len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c), device=self.device)
+                token_mask[i, : len(c)] = 1.0
+        with self.autocast():
+            logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
+        index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        picked = logits.gather(1, index).float()  # (B, T, V): the logits that predict each completion token
+        token_logp = picked.gather(-1, target.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)  # (B, T)
+        token_logp = token_logp * token_mask
+        if per_token:
+            return token_logp, token_mask
+        return token_logp.sum(-1)
+
+    # -- saving ---------------------------------------------------------------------------------------
+    def save(self, out: str | Path, name: str, meta: dict | None = None) -> Path:
+        """Write adapter `name` as a PEFT directory that `hf:<out>` loads (base recorded by model name).
+
+        Written to a temporary sibling and renamed, so a kill never leaves half an adapter.
+        """
+        out = Path(out)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        peft_config = self.model.peft_config[name]
+        local_base = peft_config.base_model_name_or_path
+        peft_config.base_model_name_or_path = self.config.model  # a model name, never a local path
+        try:
+            self.model.save_pretrained(str(tmp), selected_adapters=[name], save_embedding_layers=False)
+        finally:
+            peft_config.base_model_name_or_path = local_base
+        written = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's card names the local base path
+        (written / ADAPTER_META).write_text(
+            json.dumps({"base_model": self.config.model, "adapter": name, **(meta or {})}, indent=2) + "\n",
+            encoding="utf-8",
+        )
+        if written != tmp:
+            (written / "README.md").unlink(missing_ok=True)
+        old = out.with_name(out.name + ".old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        written.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+
+def _pad(rows: Sequence[list[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _trim(row: list[int], eos: int) -> list[int]:
+    """Cut a generated row after its first EOS (kept); padding after it is dropped."""
+    return row[: row.index(eos) + 1] if eos in row else row
