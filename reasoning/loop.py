@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,35 +27,11 @@ import torch
 from dln.atomic import atomic_write_text
 from dln.errors import DLNError
 from reasoning.policy import Policy
+from reasoning.run_config import LoopConfig
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 StepFn = Callable[[int], tuple[torch.Tensor, dict]]
-
-
-def _help(text: str, default, **kwargs):
-    return field(default=default, metadata={"help": text}, **kwargs)
-
-
-@dataclass
-class LoopConfig:
-    """Optimisation budget and bookkeeping of one run."""
-
-    steps: int = _help("optimizer updates", 40)
-    lr: float = _help("AdamW learning rate of the adapters", 1e-4)
-    weight_decay: float = _help("AdamW weight decay", 0.0)
-    grad_accum: int = _help("step_fn calls (micro-batches) per update", 1)
-    max_grad_norm: float = _help("clip the adapters' gradient norm (0: no clipping)", 1.0)
-    mixed_precision: str = _help("`no` or `bf16` (autocast; 1.6x faster on CPUs with avx512_bf16)", "no")
-    save_every: int = _help("checkpoint every N updates (and after the last)", 5)
-    seed: int = _help("seed of data order and sampling", 0)
-    progress: bool = _help("show a progress bar", True)
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.grad_accum < 1 or self.save_every < 1:
-            raise DLNError("steps must be >= 0, grad_accum and save_every >= 1")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise DLNError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
 
 class AdapterState:

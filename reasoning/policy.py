@@ -23,37 +23,15 @@ import json
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dln.errors import DLNError
 from dln.lm import tokens
+from reasoning.run_config import PolicyConfig
 
 ADAPTER_META = "dln_adapter.json"
-
-
-def _help(text: str, default, **kwargs):
-    return field(default=default, metadata={"help": text}, **kwargs)
-
-
-@dataclass
-class PolicyConfig:
-    """The base model and the LoRA adapters put on it."""
-
-    model: str = _help("base model: `default` (the built-in SmolLM2-135M-Instruct) or a model dir", "default")
-    lora_rank: int = _help("LoRA rank r", 16)
-    lora_alpha: int = _help("LoRA alpha (scale alpha / r)", 32)
-    lora_dropout: float = _help("dropout on the LoRA input", 0.0)
-    target_modules: str = _help("modules LoRA wraps: `all-linear` or a comma-separated list", "all-linear")
-    bf16: bool = _help("bf16 autocast for sampling and scoring (CPUs with avx512_bf16, GPUs)", False)
-    device: str = _help("torch device; empty: cuda when available, else cpu", "")
-    seed: int = _help("seed of the adapters' initialisation", 0)
-
-    def __post_init__(self) -> None:
-        if self.lora_rank < 1:
-            raise DLNError(f"lora_rank must be >= 1, got {self.lora_rank}")
 
 
 def load_base(model: str = "default", device: str | torch.device = "cpu"):
@@ -148,15 +126,15 @@ class Policy:
         return params
 
     def autocast(self):
-        return (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
-        )
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
 
     # -- tokens ---------------------------------------------------------------------------------------
-    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
-        """Each text as one user turn of the chat template, ending with the assistant's turn."""
+    def encode_prompts(self, texts: Sequence[str], chat: bool = True) -> list[list[int]]:
+        """Each text as one user turn of the chat template (ending with the assistant's turn), or raw text
+        to be continued (`chat=False`), by the same rule as every backend (`dln.lm.tokens`)."""
         return [
-            tokens.encode_prompt(self.tokenizer, [{"role": "user", "content": text}]) for text in texts
+            tokens.encode_prompt(self.tokenizer, [{"role": "user", "content": text}] if chat else text)
+            for text in texts
         ]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -186,8 +164,11 @@ class Policy:
             "max_new_tokens": max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
             "num_return_sequences": 1 if greedy else n,
-            **({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature,
-                                                    "top_k": 0, "top_p": top_p}),
+            **(
+                {"do_sample": False}
+                if greedy
+                else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
+            ),
         }
         was_training = self.model.training
         self.model.eval()
@@ -214,8 +195,11 @@ class Policy:
         prompt_ids: Sequence[list[int]],
         completion_ids: Sequence[list[int]],
         per_token: bool = False,
+        exact: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """log π(completion | prompt) under the active adapter, from one forward pass (with gradient).
+
+        `exact=True` scores in fp32 even when the policy trains under bf16 autocast (evaluation, KL).
 
         Returns:
             (B,) sums of token log-probs; with per_token, ((B, T) token log-probs, (B, T) float mask).
@@ -234,7 +218,7 @@ class Policy:
                 target[i, : len(c)] = torch.tensor(c, device=self.device)
                 positions[i, : len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c), device=self.device)
                 token_mask[i, : len(c)] = 1.0
-        with self.autocast():
+        with nullcontext() if exact else self.autocast():
             logits = self.model(input_ids=ids, attention_mask=mask).logits  # (B, L, V)
         index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         picked = logits.gather(1, index).float()  # (B, T, V): the logits that predict each completion token

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from dln.errors import DLNError
 from dln.layers import CLASSIFY_TEMPLATE, LanguageLayer
 from dln.lm import tokens
-from reasoning.policy import load_base
 
 if TYPE_CHECKING:
     import torch
@@ -200,6 +199,8 @@ def train_map(
         else task.train.select(range(min(config.train_limit, len(task.train))))
     )
     if base is None:
+        from reasoning.policy import load_base
+
         base, tokenizer = load_base(config.model)
     model = add_lora(base, config)
     scorer = LabelScorer(
@@ -280,6 +281,8 @@ def load_adapter(directory: str | Path, *, base=None, tokenizer=None) -> tuple[o
     if not (Path(directory) / "adapter_config.json").is_file():
         raise DLNError(f"{directory} has no adapter_config.json; it is not a PEFT adapter directory")
     if base is None:
+        from reasoning.policy import load_base
+
         base, tokenizer = load_base(meta["base_model"])
     model = PeftModel.from_pretrained(base, str(directory))
     model.eval()

@@ -7,39 +7,25 @@ and the best returned, with every sample's reward in the response. Built in:
 - `vader`: VADER's compound sentiment of the completion, in [-1, 1], when the optional `vaderSentiment`
   package is importable (`pip install vaderSentiment`).
 
-`--reward NAME=module:function` adds any importable function (or `NAME=path/to/file.py:function`).
+`--reward NAME=SPEC` adds any reward `reasoning.rewards.load_reward` knows: an importable function
+(`module:function`, `path/to/file.py:function`) or a transformers classifier (`hf-classifier:<dir>[@label]`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable
-from pathlib import Path
-
 from dln.errors import DLNError
+from reasoning.rewards import RewardFn, length_reward, load_reward
 from serving.errors import BadRequestError
 from serving.models import parse_named
 
-RewardFn = Callable[[str, str], float]
+__all__ = ["RewardFn", "RewardRegistry", "length_reward", "load_reward_spec"]
 
 
-def length_reward(prompt: str, completion: str) -> float:
-    return float(len(completion))
-
-
-def vader_reward() -> RewardFn | None:
-    """VADER's compound sentiment of the completion, or None when vaderSentiment is not installed."""
+def _vader_if_installed() -> RewardFn | None:
     try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
+        return load_reward("vader")
+    except DLNError:  # vaderSentiment is not installed: the server simply does not offer it
         return None
-    analyzer = SentimentIntensityAnalyzer()
-
-    def vader(prompt: str, completion: str) -> float:
-        return float(analyzer.polarity_scores(completion)["compound"])
-
-    return vader
 
 
 class RewardRegistry:
@@ -49,7 +35,7 @@ class RewardRegistry:
         self.rewards: dict[str, RewardFn] = {}
         if builtins:
             self.rewards["length"] = length_reward
-            vader = vader_reward()
+            vader = _vader_if_installed()
             if vader is not None:
                 self.rewards["vader"] = vader
 
@@ -71,24 +57,9 @@ class RewardRegistry:
 
 
 def load_reward_spec(spec: str) -> tuple[str, RewardFn]:
-    """`NAME=module:function` or `NAME=path/file.py:function` -> (NAME, function)."""
+    """`NAME=SPEC` -> (NAME, reward), SPEC as `reasoning.rewards.load_reward` reads it."""
     name, target = parse_named(spec, "--reward")
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise DLNError(f"--reward {name}: give module:function (or file.py:function), got {target!r}")
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise DLNError(f"--reward {name}: no file {module_name}")
-            spec_ = importlib.util.spec_from_file_location(f"dln_reward_{name}", path)
-            module = importlib.util.module_from_spec(spec_)
-            spec_.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise DLNError(f"--reward {name}: cannot import {module_name} ({err})") from err
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise DLNError(f"--reward {name}: {module_name} has no function {attr}")
-    return name, function
+        return name, load_reward(target)
+    except DLNError as err:
+        raise DLNError(f"--reward {name}: {err}") from err

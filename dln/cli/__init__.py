@@ -20,7 +20,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dln.cli import lm_commands, serve_command, tfb_command, train_command
+    from dln.cli import bon_command, lm_commands, serve_command, tfb_command, train_command
 
     parser = argparse.ArgumentParser(
         prog="dln",
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_command.register(subparsers)
     train_command.register(subparsers)
     tfb_command.register(subparsers)
+    bon_command.register(subparsers)
     return parser
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from dln.errors import DLNError
@@ -90,25 +89,19 @@ def register(subparsers) -> None:
 
 
 def _config_epilog() -> str:
+    from dln.cli.common import config_epilog
     from reasoning.tfb_train import MapTrainConfig  # no torch at import time
 
-    lines = ["config keys (YAML or --key value):"]
-    for f in fields(MapTrainConfig):
-        default = f.default_factory() if callable(f.default_factory) else f.default
-        shown = repr(default) if len(repr(default)) < 40 else "(see reasoning/tfb_train.py)"
-        lines.append(f"  --{f.name.replace('_', '-'):<18} {f.metadata.get('help', '')} [{shown}]")
-    return "\n".join(lines)
+    return config_epilog(MapTrainConfig)
 
 
 def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
-    from dln.config import build_config, parse_overrides, read_yaml
+    from dln.cli.common import config_from_cli
     from reasoning.tfb_train import MapTrainConfig, train_map
 
-    values = read_yaml(args.config) if args.config else {}
-    values.update(parse_overrides(overrides))
-    if args.task:
-        values["task"] = args.task
-    config = build_config(MapTrainConfig, values, source=args.config or "command line")
+    config = config_from_cli(
+        MapTrainConfig, args.config, overrides + (["--task", args.task] if args.task else [])
+    )
     if not config.task and not config.train:
         raise DLNError("no training data: give --task NAME (e.g. sentiment) or --train FILE --dev FILE")
     print(

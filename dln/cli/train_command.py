@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from dln.cli.common import add_model_arguments
@@ -12,14 +11,10 @@ from dln.errors import DLNError
 
 
 def config_epilog() -> str:
+    from dln.cli.common import config_epilog as keys_epilog
     from dln.train_config import PRESETS, TrainConfig
 
-    lines = ["config keys (set in the YAML file or as --key value; defaults in brackets):"]
-    for f in fields(TrainConfig):
-        default = repr(f.default) if len(repr(f.default)) < 40 else "(see dln/train_config.py)"
-        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [{default}]")
-    lines.append("presets: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    return "\n".join(lines)
+    return keys_epilog(TrainConfig, ["presets: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())])
 
 
 def register(subparsers) -> None:
