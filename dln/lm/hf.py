@@ -51,7 +51,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             self.model, self.tokenizer, self.uri = model, tokenizer, f"hf:{name}"
         else:
             path = resolve_model_path(name)
-            self.uri = f"hf:{path}"
+            self.uri = f"hf:{path}{_adapter_version(path)}"
             self.tokenizer, self.model = _load(path, self.device, dtype)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -243,6 +243,20 @@ def _load_adapter(path: str, device: torch.device, dtype: str | None):
         raise DLNError(f"adapter {path} does not name its base model (base_model_name_or_path is empty)")
     tokenizer, base = _load(resolve_model_path(base_name), device, dtype)
     return tokenizer, PeftModel.from_pretrained(base, path).merge_and_unload()
+
+
+def _adapter_version(path: str) -> str:
+    """`#<hash of the adapter weights>` for a PEFT adapter directory, else "": the request cache keys on the
+    URI, and an adapter retrained into the same directory must not be served its old answers."""
+    import hashlib
+
+    weights = sorted(Path(path).glob("adapter_model.*"))
+    if not (Path(path) / "adapter_config.json").is_file() or not weights:
+        return ""
+    digest = hashlib.sha256()
+    for file in weights:
+        digest.update(file.read_bytes())
+    return "#" + digest.hexdigest()[:16]
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[list]:
