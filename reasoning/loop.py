@@ -2,7 +2,7 @@
 
 An objective supplies `step_fn(step) -> (loss, metrics)`; the loop owns everything else:
 
-- mixed precision through `accelerator.autocast()` (bf16 where the hardware has it);
+- mixed precision through `accelerator.autocast()` when the policy's `bf16` is on;
 - gradient accumulation: `grad_accum` calls of `step_fn` per optimizer update, each loss divided by it;
 - several processes (`accelerate launch --num_processes N`): each process draws its own share of the data
   (`loop.process_index`, `loop.num_processes`), and gradients are averaged across processes before every
@@ -64,7 +64,7 @@ class TrainLoop:
         self.config, self.policy = config, policy
         self.run_dir = Path(run_dir)
         self.accelerator = Accelerator(
-            mixed_precision=config.mixed_precision, cpu=policy.device.type == "cpu"
+            mixed_precision="bf16" if policy.config.bf16 else "no", cpu=policy.device.type == "cpu"
         )
         set_seed(config.seed)
         self.params = {
@@ -77,7 +77,14 @@ class TrainLoop:
         optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=config.lr, weight_decay=config.weight_decay
         )
-        self.optimizer = self.accelerator.prepare(optimizer)
+        # DeepSpeed ZeRO shards gradients and optimizer state (ZeRO-3 the weights too): its engine must own
+        # the model. Its hooks sit on the submodules, so the policy keeps calling the unwrapped PEFT model.
+        # (Written for `configs/accelerate/deepspeed_zero*.yaml`; not run on the CPU machines of this repo.)
+        self.deepspeed = self.accelerator.state.deepspeed_plugin is not None
+        if self.deepspeed:
+            _, self.optimizer = self.accelerator.prepare(policy.model, optimizer)
+        else:
+            self.optimizer = self.accelerator.prepare(optimizer)
         self.accelerator.register_for_checkpointing(AdapterState(self.params))
         self.step = 0
 
@@ -162,8 +169,8 @@ class TrainLoop:
                     totals[key] = totals.get(key, 0.0) + float(value) / config.grad_accum
             self._sync_gradients()
             if config.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm)
-                totals["grad_norm"] = float(grad_norm)
+                grad_norm = self.accelerator.clip_grad_norm_(list(self.params.values()), config.max_grad_norm)
+                totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
@@ -183,7 +190,7 @@ class TrainLoop:
         return rows
 
     def _sync_gradients(self) -> None:
-        if self.num_processes == 1:
+        if self.num_processes == 1 or self.deepspeed:  # DeepSpeed reduces gradients itself
             return
         for p in self.params.values():
             if p.grad is None:

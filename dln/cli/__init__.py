@@ -20,7 +20,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dln.cli import bon_command, lm_commands, serve_command, tfb_command, train_command
+    from dln.cli import (
+        bon_command,
+        lm_commands,
+        reason_command,
+        serve_command,
+        tfb_command,
+        train_command,
+    )
 
     parser = argparse.ArgumentParser(
         prog="dln",
@@ -35,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_command.register(subparsers)
     tfb_command.register(subparsers)
     bon_command.register(subparsers)
+    reason_command.register(subparsers)
     return parser
 
 
