@@ -26,12 +26,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dln.data.jsonl import read_numbered_jsonl
 from dln.errors import DLNError
 
 ANSWER_PREFIX = "Answer:"
@@ -202,26 +202,9 @@ def load_jsonl(path: str | Path):
     """
     import datasets
 
-    file = Path(path)
-    if not file.is_file():
-        raise DLNError(f"data file {path} does not exist; give a JSONL file with question and answer fields")
     rows = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DLNError(
-                f"{path}, line {number}: not valid JSON ({err.msg}); each line must be one JSON object "
-                '{"question": ..., "answer": "... #### N"}'
-            ) from None
-        missing = [f for f in ("question", "answer") if not isinstance(record, dict) or f not in record]
-        if missing:
-            raise DLNError(
-                f"{path}, line {number}: missing field(s) {', '.join(missing)}; each line needs question "
-                "and answer (GSM8K format: the final answer after ####)"
-            )
+    hint = 'GSM8K format: {"question": ..., "answer": "... #### N"}'
+    for number, record in read_numbered_jsonl(str(path), ("question", "answer"), hint):
         solution, sep, final = str(record["answer"]).rpartition("####")
         if not sep:
             solution, final = "", str(record["answer"])

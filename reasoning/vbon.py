@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dln.atomic import atomic_write_json
+from dln.data.jsonl import read_jsonl
 from dln.errors import DLNError
 from dln.home import dln_home
 from reasoning.bon import smoothed_log_cdf, vbon_log_ratio
@@ -42,19 +43,10 @@ SHIPPED_PROMPTS = Path(__file__).parent / "data" / "review_prompts"
 def load_prompts(spec: str, split: str = "train") -> list[str]:
     """Prompts of the shipped `reviews` set or of a JSONL file (`{"prompt": ...}` per line)."""
     path = SHIPPED_PROMPTS / f"{split}.jsonl" if spec == "reviews" else Path(spec)
-    if not path.is_file():
-        raise DLNError(f"prompt file {path} does not exist; use `reviews` or a JSONL with a `prompt` field")
-    prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            prompt = json.loads(line)["prompt"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DLNError(f'{path}, line {number}: expected {{"prompt": "..."}} ({err})') from err
-        prompts.append(str(prompt))
+    hint = 'use `reviews` or a JSONL file with lines like {"prompt": "The film"}'
+    prompts = [str(r["prompt"]) for r in read_jsonl(str(path), ("prompt",), hint)]
     if not prompts:
-        raise DLNError(f'{path} holds no prompts; add lines like {{"prompt": "The film"}}')
+        raise DLNError(f"{path} holds no prompts; {hint}")
     return prompts
 
 
