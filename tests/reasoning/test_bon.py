@@ -141,3 +141,37 @@ def test_rank_based_bon_kl_equals_the_closed_form_for_distinct_rewards(n):
     tied = [float(i) for i in range(8)] + [8.0] * 8  # half the samples share the highest reward
     kl_tied = float(np.dot(weights, vbon_first_order(expected_log_cdf(tied), n).numpy()))
     assert kl_tied < kl
+
+
+def test_a_transformers_sequence_classifier_is_a_reward(tmp_path):
+    """A small randomly initialised classifier saved with the default tokenizer: the real loading path."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from dln.lm.default_model import ensure_default_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(ensure_default_model()))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tokenizer.pad_token_id,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    positive = load_reward(f"hf-classifier:{tmp_path / 'clf'}")  # default: the last label
+    negative = load_reward(f"hf-classifier:{tmp_path / 'clf'}@negative")
+    texts = ["a fine film", "dull and far too long, with nothing to say"]
+    batch = score_batch(positive, ["p", "p"], texts)
+    assert batch == pytest.approx([positive("p", t) for t in texts], abs=1e-5)  # padding changes nothing
+    assert all(0.0 < p < 1.0 for p in batch)
+    assert [p + negative("p", t) for p, t in zip(batch, texts)] == pytest.approx([1.0, 1.0])
+    with pytest.raises(DLNError, match="not 'neutral'"):
+        load_reward(f"hf-classifier:{tmp_path / 'clf'}@neutral")
