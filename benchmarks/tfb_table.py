@@ -1,8 +1,9 @@
 """TFB against MAP, MC-dropout and temperature scaling: ACC, ECE, NLL, Brier, mean over seeds, and timings.
 
-For every task and seed: fine-tune a MAP LoRA adapter (configs/tfb/<task>.yaml, seed changed), search σ on
-an anchor set (the first training inputs, unlabelled, labelled by the MAP), then evaluate on the first
---test-limit test examples:
+For every config and seed: fine-tune a MAP LoRA adapter (configs/tfb/<name>.yaml, its `task`, seed changed),
+search σ on an anchor set (--anchor-size training inputs from --anchor-offset on, by default the ones after
+the config's `train_limit` examples the MAP was trained on; unlabelled, labelled by the MAP), then evaluate
+on the first --test-limit test examples:
 - MAP: the adapter alone; MC-dropout: LoRA dropout on at inference, S passes;
 - temperature scaling: T fitted on the first --dev-limit dev examples by NLL, applied to the MAP;
 - TFB: S weight samples at the searched σ.
@@ -11,7 +12,7 @@ Each (task, seed) record is appended to --results as it finishes, so an interrup
 rerunning skips the records already there.
 
 Example:
-    OMP_NUM_THREADS=1 python benchmarks/tfb_table.py --tasks sentiment hyperbaton --seeds 0 1 2
+    OMP_NUM_THREADS=1 python benchmarks/tfb_table.py --tasks hyperbaton-overfit navigate-overfit --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -34,20 +35,23 @@ def run_one(task: str, seed: int, args) -> dict:
     from reasoning.tfb_train import MapTrainConfig, train_map
 
     overrides = {"seed": seed, **({"steps": args.steps} if args.steps else {})}
-    config = load_config(MapTrainConfig, Path("configs/tfb") / f"{task}.yaml", overrides)
+    config = load_config(MapTrainConfig, Path("configs/tfb") / f"{task}.yaml", overrides)  # task: config name
     out = Path(args.runs) / f"{task}-{seed}"
     if args.reuse and (out / "tfb_task.json").is_file():  # the MAP adapter of an earlier run, same config
         trained = json.loads((out / "tfb_task.json").read_text())
     else:
         trained = train_map(config, out, progress=False)
     bayes = BayesianLoRA.load(out)
-    data = load_task(task)
-    anchor = list(data.train["input"])[: args.anchor_size]
+    data = load_task(config.task)
+    offset = config.train_limit if args.anchor_offset < 0 else args.anchor_offset
+    anchor = list(data.train["input"])[offset : offset + args.anchor_size]
     search = bayes.fit(
         anchor,
         metric=args.metric,
         tolerance=args.tolerance,
         samples=args.search_samples,
+        sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max,
         steps=args.search_steps,
         seed=seed,
     )
@@ -95,6 +99,8 @@ def run_one(task: str, seed: int, args) -> dict:
         "train_seconds": trained["train_seconds"],
         "search_seconds": bayes.search["seconds"],
         "search_evaluations": len(search.trace) + 1,
+        "anchor": [offset, len(anchor)],
+        "config": {k: getattr(config, k) for k in ("train_limit", "steps", "batch_size", "lr", "dropout")},
         "map_seconds": timed["map"],
         "tfb_seconds": timed["tfb"],
         "mc_seconds": timed["mc"],
@@ -136,16 +142,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", nargs="+", default=["sentiment", "hyperbaton"])
+    parser.add_argument(
+        "--tasks", nargs="+", default=["hyperbaton-overfit", "navigate-overfit"], help="configs/tfb/NAME.yaml"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=0, help="MAP training steps (0: the config's)")
     parser.add_argument("--samples", type=int, default=10, help="S for TFB and MC-dropout")
-    parser.add_argument("--anchor-size", type=int, default=32)
+    parser.add_argument("--anchor-size", type=int, default=48)
+    parser.add_argument("--anchor-offset", type=int, default=-1, help="first anchor input (-1: train_limit)")
+    parser.add_argument("--sigma-min", type=float, default=1e-4)
+    parser.add_argument("--sigma-max", type=float, default=1.0)
     parser.add_argument("--search-samples", type=int, default=2)
-    parser.add_argument("--search-steps", type=int, default=5)
+    parser.add_argument("--search-steps", type=int, default=4)
     parser.add_argument("--metric", default="acc", choices=["acc", "nll"])
-    parser.add_argument("--tolerance", type=float, default=0.01)
-    parser.add_argument("--test-limit", type=int, default=50)
+    parser.add_argument("--tolerance", type=float, default=0.03)
+    parser.add_argument("--test-limit", type=int, default=40)
     parser.add_argument("--dev-limit", type=int, default=40)
     parser.add_argument("--runs", default="runs/tfb-bench", help="where the adapters are written")
     parser.add_argument("--results", default="runs/tfb-bench/results.jsonl")

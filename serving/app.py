@@ -1,10 +1,10 @@
 """The FastAPI application and the `dln serve` entry point.
 
 `create_app` wires a backend, the served models and the rewards into an app; `build_app` does it from a
-`ServerConfig` (model URI, `NAME=path` programs, `NAME=module:function` rewards); `serve` runs it under
-uvicorn. Backends: `hf:` models get the micro-batched HF engine (`batcher`); a `vllm:` model uses vLLM's
-async engine (continuous batching, `vllm_backend`) when vllm is importable, else the HF engine on the same
-model directory.
+`ServerConfig` (model URI, `NAME=path` programs, `NAME=DIR[@S]` TFB adapters, `NAME=module:function`
+rewards); `serve` runs it under uvicorn. Backends: `hf:` models get the micro-batched HF engine (`batcher`);
+a `vllm:` model uses vLLM's async engine (continuous batching, `vllm_backend`) when vllm is importable, else
+the HF engine on the same model directory.
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from dln.lm.base import LanguageModel
 from serving.batcher import HFBackend
 from serving.errors import install_error_handlers
 from serving.middleware import APIKeyMiddleware, BodyLimitMiddleware
-from serving.models import ModelRegistry, load_program_spec, served_name_for, share_base_model
+from serving.models import (
+    ModelRegistry,
+    load_program_spec,
+    load_tfb_spec,
+    served_name_for,
+    share_base_model,
+)
 from serving.rewards import RewardRegistry, load_reward_spec
 from serving.routes import router
 from serving.serving_chat import ChatServing
@@ -41,6 +47,9 @@ class ServerConfig:
         default=None, metadata={"help": "the base model's name in requests"}
     )
     programs: list[str] = field(default_factory=list, metadata={"help": "NAME=path/program.json"})
+    tfb: list[str] = field(
+        default_factory=list, metadata={"help": "NAME=DIR[@S]: a Bayesianized adapter (reasoning.tfb)"}
+    )
     rewards: list[str] = field(default_factory=list, metadata={"help": "NAME=module:function"})
     api_key: str | None = field(default=None, metadata={"help": "require Authorization: Bearer <key>"})
     host: str = "127.0.0.1"
@@ -132,6 +141,11 @@ def build_backend(uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 
 def build_app(config: ServerConfig) -> FastAPI:
     """Programs and rewards load first (cheap, and their errors come before the model's), then the model."""
     programs = dict(load_program_spec(spec) for spec in config.programs)
+    for spec in config.tfb:  # each loads its own copy of its base model (PEFT edits the modules it wraps)
+        name, program = load_tfb_spec(spec)
+        if name in programs:
+            raise DLNError(f"model name {name!r} is given twice; give each program its own name")
+        programs[name] = program
     rewards = dict(load_reward_spec(spec) for spec in config.rewards)
     if config.max_batch_size < 1:
         raise DLNError(f"--max-batch-size must be at least 1, got {config.max_batch_size}")

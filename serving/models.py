@@ -4,6 +4,9 @@ A program is any object with the contract of `dln.load_program(path)`: `predict(
 list[str]` (the program's answers), `model_uri: str` and `labels: list[str] | None`. Serving a program means
 a request whose `model` is the program's name gets `program.predict` applied to its prompt (completions) or
 to its last user message (chat), i.e. the program's learned prompts and templates wrapped around the request.
+An answer may be a str subclass with an `extra` dict: its entries become extension fields of the answer's
+choice (a TFB adapter, `--tfb`, attaches its predictive distribution `label_probs` this way). A program's
+optional `kind` and `card` (a dict) fill its `/v1/models` entry.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ class ModelRegistry:
     def model_list(self) -> ModelList:
         cards = [ModelCard(id=self.base_name, root=self.base_uri)]
         for name, program in self.programs.items():
-            card = ModelCard(id=name, root=str(program.model_uri), parent=self.base_name, kind="dln-program")
+            kind = getattr(program, "kind", "dln-program")
+            extra = dict(getattr(program, "card", None) or {})
+            card = ModelCard(id=name, root=str(program.model_uri), parent=self.base_name, kind=kind, **extra)
             labels = getattr(program, "labels", None)
             if labels:
                 card.labels = list(labels)  # type: ignore[attr-defined]
@@ -124,3 +129,26 @@ def load_program_spec(spec: str) -> tuple[str, object]:
     if load_program is None:
         raise DLNError("--program needs dln.program.load_program, which this version of dln does not define")
     return name, load_program(path)
+
+
+def load_tfb_spec(spec: str) -> tuple[str, object]:
+    """`NAME=DIR` or `NAME=DIR@S` -> (NAME, a `TFBProgram` averaging S weight samples; default 10)."""
+    name, value = parse_named(spec, "--tfb")
+    directory, samples = value, None
+    if "@" in value and not Path(value).is_dir():  # a directory whose name holds "@" is taken whole
+        directory, _, count = value.rpartition("@")
+        try:
+            samples = int(count)
+        except ValueError:
+            samples = -1
+        if samples < 0 or not directory:
+            raise DLNError(
+                f"--tfb {name}: takes NAME=DIR or NAME=DIR@S with S an integer >= 0 (the weight samples "
+                f"averaged per prediction; 0 is the MAP adapter), got {value!r}"
+            )
+    from reasoning.tfb_program import DEFAULT_SAMPLES, TFBProgram
+
+    try:
+        return name, TFBProgram.load(directory, samples=DEFAULT_SAMPLES if samples is None else samples)
+    except DLNError as err:
+        raise DLNError(f"--tfb {name}: {err}") from err

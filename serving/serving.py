@@ -140,10 +140,11 @@ class OpenAIServing:
         yield task.result()
 
     async def run_program(self, name: str, program, inputs: list[str]) -> list[str]:
+        """The program's answers; a str subclass (with `extra`, see `answer_extra`) is kept as it is."""
         answers = await self.backend.run_program(name, program, inputs)
         if len(answers) != len(inputs):
             raise OpenAIError(f"program {name!r} returned {len(answers)} answers for {len(inputs)} inputs")
-        return [str(a) for a in answers]
+        return [a if isinstance(a, str) else str(a) for a in answers]
 
     # -- formatting ----------------------------------------------------------------------------------
     def token_text(self, token_id: int) -> str:
@@ -225,6 +226,12 @@ def stream_error(err: Exception) -> str:
             "code": None,
         }
     return sse({"error": body})
+
+
+def answer_extra(answer: str) -> dict:
+    """The extension fields a program's answer carries for its choice (a TFB adapter's `label_probs`)."""
+    extra = getattr(answer, "extra", None)
+    return dict(extra) if isinstance(extra, dict) else {}
 
 
 def _reward(function: RewardFn, prompt: str, completion: str) -> float:

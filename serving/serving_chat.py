@@ -1,7 +1,9 @@
 """`/v1/chat/completions`: the model's chat template, log-probs, n / best_of / reward, streaming.
 
 Messages are rendered with the tokenizer's chat template and the assistant's turn appended (the `hf:`
-backend's rule for chat prompts). A program as `model` answers the last user message.
+backend's rule for chat prompts). A program as `model` answers the last user message; the extension fields
+its answer carries (a TFB adapter's `label_probs`) go into the choice, and into the content chunk when
+streamed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from serving.protocol import (
     DeltaMessage,
     UsageInfo,
 )
-from serving.serving import DEFAULT_CHAT_MAX_TOKENS, SSE_DONE, OpenAIServing, Plan, Ranked, sse, stream_error
+from serving.serving import (
+    DEFAULT_CHAT_MAX_TOKENS,
+    SSE_DONE,
+    OpenAIServing,
+    Plan,
+    Ranked,
+    answer_extra,
+    sse,
+    stream_error,
+)
 
 
 class ChatServing(OpenAIServing):
@@ -75,7 +86,8 @@ class ChatServing(OpenAIServing):
         (answer,) = await self.run_program(name, program, [user[-1]])
         prompt_ids = tokens.encode_continuation(self.tokenizer, user[-1])
         sample = Sample(answer, tokens.encode_continuation(self.tokenizer, answer), "stop")
-        choice = ChatChoice(index=0, message=AssistantMessage(content=answer), finish_reason="stop")
+        message = AssistantMessage(content=str(answer))
+        choice = ChatChoice(index=0, message=message, finish_reason="stop", **answer_extra(answer))
         return ChatCompletionResponse(
             model=name, choices=[choice], usage=self.usage([prompt_ids], [[sample]])
         )

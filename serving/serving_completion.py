@@ -23,7 +23,7 @@ from serving.protocol import (
     CompletionResponse,
     UsageInfo,
 )
-from serving.serving import SSE_DONE, OpenAIServing, Plan, Ranked, sse, stream_error
+from serving.serving import SSE_DONE, OpenAIServing, Plan, Ranked, answer_extra, sse, stream_error
 
 
 class CompletionServing(OpenAIServing):
@@ -97,7 +97,8 @@ class CompletionServing(OpenAIServing):
         answers = await self.run_program(name, program, texts)
         samples = [[Sample(a, tokens.encode_continuation(self.tokenizer, a), "stop")] for a in answers]
         choices = [
-            CompletionChoice(index=i, text=s[0].text, finish_reason="stop") for i, s in enumerate(samples)
+            CompletionChoice(index=i, text=str(a), finish_reason="stop", **answer_extra(a))
+            for i, a in enumerate(answers)
         ]
         return CompletionResponse(model=name, choices=choices, usage=self.usage(prompts, samples))
 

@@ -1,4 +1,5 @@
-"""`dln serve`: the OpenAI-compatible server (`serving/`) for a base model, DLN programs and Best-of-N."""
+"""`dln serve`: the OpenAI-compatible server (`serving/`) for a base model, DLN programs, TFB adapters and
+Best-of-N."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def register(subparsers) -> None:
         default=[],
         metavar="NAME=PATH",
         help="serve a trained DLN program (program.json) as model NAME (repeatable)",
+    )
+    parser.add_argument(
+        "--tfb",
+        dest="tfb",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[@S]",
+        help="serve a Bayesianized LoRA adapter (dln tfb fit --out DIR) as model NAME: it answers the most "
+        'probable label and carries the predictive distribution in the choice ("label_probs", "samples", '
+        '"sigma"), averaged over S weight samples (default 10; 0: the MAP adapter); repeatable',
     )
     parser.add_argument(
         "--reward",
@@ -92,6 +103,7 @@ def run_serve(args: argparse.Namespace) -> None:
         model=args.model,
         served_model_name=args.served_model_name,
         programs=args.programs,
+        tfb=args.tfb,
         rewards=args.rewards,
         api_key=args.api_key or os.environ.get("DLN_API_KEY") or None,
         host=args.host,
