@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -89,6 +90,22 @@ def test_a_killed_run_resumes_to_the_same_adapter(tmp_path, isolated_home):
     ]
     assert steps == [1, 2, 3]
 
+    result = dln(
+        "bon",
+        "eval",
+        "--run",
+        str(tmp_path / "killed"),
+        "--limit",
+        "2",
+        "--samples",
+        "2",
+        env_home=isolated_home,
+    )
+    assert result.returncode == 0, result.stderr
+    point = json.loads(result.stdout.strip().splitlines()[-1])
+    assert point["samples"] == 4 and point["reward"] <= 0.0
+    assert point["kl"] == point["kl"]  # a number, not NaN
+
 
 def dln(*args, env_home=None):
     return subprocess.run(
@@ -96,7 +113,7 @@ def dln(*args, env_home=None):
         capture_output=True,
         text=True,
         timeout=300,
-        env=None if env_home is None else {**__import__("os").environ, "DLN_HOME": str(env_home)},
+        env=None if env_home is None else {**os.environ, "DLN_HOME": str(env_home)},
     )
 
 
