@@ -22,7 +22,7 @@ from dln.atomic import atomic_write_json, atomic_write_text
 from dln.config import dump_yaml
 from dln.errors import DLNError
 from reasoning.reasoning_config import ReasonConfig
-from reasoning.tasks import is_correct, load_task, policy_prompt
+from reasoning.tasks import is_correct, policy_prompt, task_of
 
 # TRL log keys -> the names the in-loop objectives log
 RENAMED = {"reward": "accuracy", "completions/mean_length": "trace_len", "reward_std": "reward_std"}
@@ -67,14 +67,7 @@ def train_grpo_trl(config: ReasonConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
-    task = load_task(
-        config.task,
-        train=config.train,
-        test=config.test,
-        seed=config.task_seed,
-        n_train=config.n_train,
-        n_test=config.n_test,
-    )
+    task = task_of(config)
     rows = [
         {"prompt": [{"role": "user", "content": policy_prompt(r["question"])}], "answer": r["answer"]}
         for r in task.train

@@ -68,9 +68,9 @@ from reasoning.tasks import (
     answer_suffix,
     format_completion,
     is_correct,
-    load_task,
     policy_prompt,
     posterior_prompt,
+    task_of,
 )
 
 CONFIG = "config.yaml"
@@ -84,14 +84,7 @@ class ReasonTrainer:
         if config.objective == "grpo_trl":
             raise DLNError("grpo_trl runs TRL's own trainer: call reasoning.grpo_trl.train_grpo_trl")
         self.config, self.run_dir = config, Path(run_dir)
-        self.task = load_task(
-            config.task,
-            train=config.train,
-            test=config.test,
-            seed=config.task_seed,
-            n_train=config.n_train,
-            n_test=config.n_test,
-        )
+        self.task = task_of(config)
         self.train_rows = list(self.task.train)
         self.adapters = ("policy", "posterior") if config.variational else ("policy",)
         self.policy = Policy.load(config, adapters=self.adapters)

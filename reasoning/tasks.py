@@ -237,3 +237,15 @@ def load_task(
             f"unknown reasoning task {name!r}; the shipped task is 'chain', or give --train/--test"
         )
     return chain_task(seed=seed, n_train=n_train, n_test=n_test)
+
+
+def task_of(config) -> ReasoningTask:
+    """The task a run config names (its `task`, `train`, `test`, `task_seed`, `n_train`, `n_test` keys)."""
+    return load_task(
+        config.task,
+        train=config.train,
+        test=config.test,
+        seed=config.task_seed,
+        n_train=config.n_train,
+        n_test=config.n_test,
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from dln.errors import DLNError
@@ -56,21 +55,17 @@ def register(subparsers) -> None:
 
 
 def _config_epilog() -> str:
+    from dln.cli.common import config_epilog
     from reasoning.reasoning_config import ReasonConfig  # no torch at import time
 
-    lines = ["config keys (YAML or --key value; defaults in brackets):"]
-    for f in fields(ReasonConfig):
-        lines.append(f"  --{f.name.replace('_', '-'):<28} {f.metadata.get('help', '')} [{f.default!r}]")
-    return "\n".join(lines)
+    return config_epilog(ReasonConfig)
 
 
 def build_reason_config(config_path: str | None, overrides: list[str]):
-    from dln.config import build_config, parse_overrides, read_yaml
+    from dln.cli.common import config_from_cli
     from reasoning.reasoning_config import ReasonConfig
 
-    values = read_yaml(config_path) if config_path else {}
-    values.update(parse_overrides(overrides))
-    return build_config(ReasonConfig, values, source=config_path or "command line")
+    return config_from_cli(ReasonConfig, config_path, overrides)
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -105,7 +100,7 @@ def run_eval(args: argparse.Namespace) -> None:
     from reasoning.policy import Policy, PolicyConfig
     from reasoning.reason_eval import evaluate
     from reasoning.reasoning_train import load_run_config
-    from reasoning.tasks import load_jsonl, load_task
+    from reasoning.tasks import load_jsonl, task_of
 
     run = Path(args.run)
     config = load_run_config(run)
@@ -125,18 +120,7 @@ def run_eval(args: argparse.Namespace) -> None:
     )
     if not args.base:
         policy.load_adapter_weights("policy", run / "policy")
-    split = (
-        load_jsonl(args.data)
-        if args.data
-        else load_task(
-            config.task,
-            train=config.train,
-            test=config.test,
-            seed=config.task_seed,
-            n_train=config.n_train,
-            n_test=config.n_test,
-        ).test
-    )
+    split = load_jsonl(args.data) if args.data else task_of(config).test
     result = evaluate(
         policy,
         split,
