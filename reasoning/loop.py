@@ -67,13 +67,7 @@ class TrainLoop:
             mixed_precision="bf16" if policy.config.bf16 else "no", cpu=policy.device.type == "cpu"
         )
         set_seed(config.seed)
-        self.params = {
-            n: p
-            for n, p in policy.model.named_parameters()
-            if "lora_" in n and any(f".{a}." in n for a in adapter_names)
-        }
-        if not self.params:
-            raise DLNError(f"no trainable parameters in adapters {list(adapter_names)}")
+        self.params = policy.named_adapter_parameters(adapter_names)
         optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=config.lr, weight_decay=config.weight_decay
         )

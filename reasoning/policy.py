@@ -117,13 +117,19 @@ class Policy:
         finally:
             self._activate(previous)
 
+    def named_adapter_parameters(self, names: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+        """The trainable parameters of the named adapters, by parameter name."""
+        markers = [f".{a}." for a in names]
+        params = {
+            n: p for n, p in self.model.named_parameters() if "lora_" in n and any(m in n for m in markers)
+        }
+        if not params:
+            raise DLNError(f"adapters {list(names)} have no parameters")
+        return params
+
     def parameters(self, name: str) -> list[torch.nn.Parameter]:
         """The trainable parameters of adapter `name`."""
-        marker = f".{name}."
-        params = [p for n, p in self.model.named_parameters() if "lora_" in n and marker in n]
-        if not params:
-            raise DLNError(f"adapter {name!r} has no parameters")
-        return params
+        return list(self.named_adapter_parameters([name]).values())
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()

@@ -88,7 +88,7 @@ class ReferenceRewards:
                 self.config.reference_samples,
                 self.config,
                 seed=self.config.seed + 7919 * (start + 1),
-            )[1]
+            )[2]
             self.table.update(zip(part, rewards))
             atomic_write_json(self.path, self.table)
             if bar is not None:
@@ -102,8 +102,8 @@ class ReferenceRewards:
 
 def sample_rewards(
     policy: Policy, adapter: str | None, prompts: list[str], reward: RewardFn, k: int, config, seed: int
-) -> tuple[list[list[list[int]]], list[list[float]]]:
-    """k completions per prompt under `adapter` (None: the reference) and their rewards."""
+) -> tuple[list[list[int]], list[list[list[int]]], list[list[float]]]:
+    """Prompt token ids, k completions per prompt under `adapter` (None: the reference), their rewards."""
     ids = policy.encode_prompts(prompts, chat=False)
     with policy.use(adapter):
         samples = policy.sample(
@@ -111,7 +111,7 @@ def sample_rewards(
         )
     texts = [policy.decode(c) for group in samples for c in group]
     flat = score_batch(reward, [p for p in prompts for _ in range(k)], texts)
-    return samples, [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+    return ids, samples, [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -151,10 +151,9 @@ class VBoNTrainer:
         rng = random.Random(config.seed * 1_000_003 + step * loop.num_processes + loop.process_index)
         prompts = rng.sample(self.prompts, min(config.prompts_per_step, len(self.prompts)))
         k = config.samples_per_prompt
-        samples, raw = sample_rewards(
+        prompt_ids, samples, raw = sample_rewards(
             self.policy, ADAPTER, prompts, self.reward, k, config, seed=rng.randrange(2**31)
         )
-        prompt_ids = self.policy.encode_prompts(prompts, chat=False)
         flat_prompts = [ids for ids in prompt_ids for _ in range(k)]
         flat_samples = [c for group in samples for c in group]
         with self.policy.use(ADAPTER):

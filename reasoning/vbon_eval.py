@@ -50,7 +50,7 @@ def evaluate_reference_bon(
     seed: int = 1234,
 ) -> list[RewardKL]:
     """The reference (N = 1) and BoN-N points, from m reference samples per prompt."""
-    _, rewards = sample_rewards(policy, None, prompts, reward, m, config, seed=seed)
+    _, _, rewards = sample_rewards(policy, None, prompts, reward, m, config, seed=seed)
     points = []
     for n in ns:
         weights = best_of_n_weights(m, n)
@@ -90,8 +90,7 @@ def evaluate_policy(
     seed: int = 4321,
 ) -> RewardKL:
     """Mean reward of k samples per prompt from `adapter`, and the Monte Carlo KL to the reference."""
-    samples, rewards = sample_rewards(policy, adapter, prompts, reward, k, config, seed=seed)
-    prompt_ids = policy.encode_prompts(prompts, chat=False)
+    prompt_ids, samples, rewards = sample_rewards(policy, adapter, prompts, reward, k, config, seed=seed)
     flat_prompts = [ids for ids in prompt_ids for _ in range(k)]
     flat = [c for group in samples for c in group]
     with torch.no_grad():

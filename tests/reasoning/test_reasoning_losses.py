@@ -171,7 +171,8 @@ def test_elbo_theta_loss_is_sft_on_posterior_traces_and_reports_the_bounds():
     assert out.loss.item() == pytest.approx(2.5)
     assert out.metrics["elbo"] == pytest.approx(-1.5)
     assert out.metrics["bound"] == pytest.approx(math.log((math.exp(-1) + math.exp(-2)) / 2))
-    assert 1.0 <= out.metrics["ess"] <= 2.0
+    w = [math.exp(-1.0), math.exp(-2.0)]  # log w = log p - log q
+    assert out.metrics["ess"] == pytest.approx(sum(w) ** 2 / sum(x * x for x in w))
     assert bound_metrics(torch.zeros(3, 4))["ess"] == pytest.approx(4.0)
 
 
