@@ -47,6 +47,18 @@ def balanced_minibatch(targets: list[str], size: int, rng: random.Random) -> lis
     return sorted(picked)
 
 
+def dev_subset(dev, size: int) -> list[int] | None:
+    """The dev examples that pick the best prompt: all of them, or a fixed class-balanced subset of `size`.
+
+    A plain prefix of a small dev split can lean to one label (navigate's first 40: 68% "Yes"), and then the
+    restore keeps whichever prompt shifts the model's label bias that way instead of a better prompt.
+    The subset is the same for every seed and method, so their dev accuracies compare.
+    """
+    if not size or size >= len(dev):
+        return None
+    return balanced_minibatch(list(dev["target"]), size, random.Random("dev"))
+
+
 def icl_prompt(config: TrainConfig, task: Task) -> str:
     rng = random.Random(config.seed)
     shots = balanced_minibatch(list(task.train["target"]), config.icl_shots, rng)
@@ -78,12 +90,7 @@ class PromptTrainer:
             load_model(config.backward_model) if config.backward_model else self.model
         )
         self.progress = progress
-        dev = (
-            self.task.dev
-            if not config.dev_size
-            else self.task.dev.select(range(min(config.dev_size, len(self.task.dev))))
-        )
-        self.dev_batch = split_batch(dev, self.task.labels)
+        self.dev_batch = split_batch(self.task.dev, self.task.labels, dev_subset(self.task.dev, config.dev_size))
 
     # -- the program being trained -------------------------------------------------------------------
     def initial_prompts(self) -> dict[str, str | None]:

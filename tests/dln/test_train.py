@@ -9,7 +9,7 @@ import pytest
 from dln import DLNError, load_program
 from dln.config import build_config
 from dln.lm.base import LanguageModel
-from dln.train import PromptTrainer, balanced_minibatch
+from dln.train import PromptTrainer, balanced_minibatch, dev_subset
 from dln.train_config import TrainConfig
 
 TINY = {
@@ -51,6 +51,16 @@ def test_balanced_minibatch_takes_every_class_in_turn():
     picked = balanced_minibatch(targets, 9, random.Random(0))
     counts = {label: sum(targets[i] == label for i in picked) for label in "abc"}
     assert counts == {"a": 3, "b": 3, "c": 3} and len(set(picked)) == 9
+
+
+def test_the_dev_subset_is_class_balanced_and_the_same_for_every_run():
+    from datasets import Dataset
+
+    dev = Dataset.from_dict({"target": ["Yes"] * 30 + ["No"] * 10})  # a prefix of 20 would be all "Yes"
+    picked = dev_subset(dev, 20)
+    assert sorted(dev[i]["target"] for i in picked).count("No") == 10 and len(set(picked)) == 20
+    assert dev_subset(dev, 20) == picked
+    assert dev_subset(dev, 0) is None and dev_subset(dev, 40) is None  # 0 or the whole split: all of it
 
 
 @pytest.fixture(scope="module")
