@@ -121,7 +121,8 @@ def main() -> None:
         f"ratio naive/ours: time {naive_step_s / step_s:.1f}x, forwards {naive_step_calls / step_calls:.1f}x"
     )
     print(
-        f"ratio naive/ours, scoring alone: time {naive_s / ours_s:.1f}x, forwards {naive_calls / max(ours_calls, 1):.1f}x; "
+        f"ratio naive/ours, scoring alone: time {naive_s / ours_s:.1f}x, "
+        f"forwards {naive_calls / max(ours_calls, 1):.1f}x; "
         f"max |diff| of objectives {np.abs(naive - ours).max():.2e}"
     )
 

@@ -53,6 +53,13 @@ def run_one(
     return accuracy, seconds
 
 
+def dev_initial_and_best(out: Path) -> tuple[float, float]:
+    """Dev accuracy of the initial prompt (iteration 0) and of the program the run restored."""
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    program = json.loads((out / "program.json").read_text())
+    return first["dev_accuracy"], program["metadata"].get("dev_accuracy", first["dev_accuracy"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -83,7 +90,14 @@ def main() -> None:
             cells.append(
                 f"{statistics.mean(accs):.3f} ± {spread:.3f} ({statistics.mean(t for _, t in results):.0f} s)"
             )
-            print(f"{task:20s} {method:10s} " + " ".join(f"{a:.3f}" for a in accs), flush=True)
+            devs = [dev_initial_and_best(Path(args.out) / f"{task}-{method}-{seed}") for seed in args.seeds]
+            print(
+                f"{task:20s} {method:10s} test "
+                + " ".join(f"{a:.3f}" for a in accs)
+                + "  dev initial->restored "
+                + " ".join(f"{d0:.3f}->{d1:.3f}" for d0, d1 in devs),
+                flush=True,
+            )
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
     print(
         f"\nTest accuracy, mean ± std over seeds {args.seeds}, preset {args.preset}, "

@@ -90,7 +90,9 @@ class PromptTrainer:
             load_model(config.backward_model) if config.backward_model else self.model
         )
         self.progress = progress
-        self.dev_batch = split_batch(self.task.dev, self.task.labels, dev_subset(self.task.dev, config.dev_size))
+        self.dev_batch = split_batch(
+            self.task.dev, self.task.labels, dev_subset(self.task.dev, config.dev_size)
+        )
 
     # -- the program being trained -------------------------------------------------------------------
     def initial_prompts(self) -> dict[str, str | None]:
