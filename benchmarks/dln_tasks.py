@@ -26,16 +26,16 @@ from dln.train_config import TrainConfig, apply_preset
 METHODS = ("zero_shot", "icl", "dln1", "dln2")
 
 
-def run_one(
-    model, task: str, method: str, seed: int, preset: str, test_limit: int, root: Path
-) -> tuple[float, float]:
-    """(test accuracy, wall seconds) of one run; a finished run's `bench.json` is reused, not re-measured."""
-    out = root / f"{task}-{method}-{seed}"
+def finished_record(out: Path, test_limit: int) -> dict | None:
     record_file = out / "bench.json"
-    if record_file.exists():
-        record = json.loads(record_file.read_text())
-        if record["test_limit"] == test_limit:
-            return record["accuracy"], record["seconds"]
+    if not record_file.exists():
+        return None
+    record = json.loads(record_file.read_text())
+    return record if record["test_limit"] == test_limit else None
+
+
+def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: int, out: Path) -> dict:
+    """Train (or resume) one run and measure its test accuracy; bench.json keeps both with the wall time."""
     config_dir = "dln2" if method == "dln2" else "dln1"
     values = apply_preset(
         read_yaml(f"configs/{config_dir}/{task}.yaml"), {"preset": preset, "method": method, "seed": seed}
@@ -48,9 +48,9 @@ def run_one(
     batch = split_batch(test, trainer.task.labels)
     answers = program.predict(batch.inputs, batch.label_sets)
     accuracy = sum(a == t for a, t in zip(answers, batch.targets)) / len(answers)
-    seconds = time.perf_counter() - start
-    atomic_write_json(record_file, {"accuracy": accuracy, "seconds": seconds, "test_limit": test_limit})
-    return accuracy, seconds
+    record = {"accuracy": accuracy, "seconds": time.perf_counter() - start, "test_limit": test_limit}
+    atomic_write_json(out / "bench.json", record)
+    return record
 
 
 def dev_initial_and_best(out: Path) -> tuple[float, float]:
@@ -74,25 +74,34 @@ def main() -> None:
     parser.add_argument("--preset", default="light")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test examples (0: all)")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument(
+        "--report", action="store_true", help="print the table of the finished runs only; train nothing"
+    )
     args = parser.parse_args()
 
-    model = load_model("hf:default")
+    model = None if args.report else load_model("hf:default")
     rows = []
     for task in args.tasks:
         cells = []
         for method in args.methods:
-            results = [
-                run_one(model, task, method, seed, args.preset, args.test_limit, Path(args.out))
-                for seed in args.seeds
-            ]
-            accs = [a for a, _ in results]
-            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            cells.append(
-                f"{statistics.mean(accs):.3f} ± {spread:.3f} ({statistics.mean(t for _, t in results):.0f} s)"
-            )
-            devs = [dev_initial_and_best(Path(args.out) / f"{task}-{method}-{seed}") for seed in args.seeds]
+            outs = {seed: Path(args.out) / f"{task}-{method}-{seed}" for seed in args.seeds}
+            records = {seed: finished_record(out, args.test_limit) for seed, out in outs.items()}
+            if not args.report:
+                for seed, out in outs.items():
+                    records[seed] = records[seed] or run_one(
+                        model, task, method, seed, args.preset, args.test_limit, out
+                    )
+            done = {seed: r for seed, r in records.items() if r is not None}
+            if not done:
+                cells.append("not run")
+                continue
+            accs = [r["accuracy"] for r in done.values()]
+            spread = f" ± {statistics.stdev(accs):.3f}" if len(accs) > 1 else f" (seed {next(iter(done))})"
+            seconds = statistics.mean(r["seconds"] for r in done.values())
+            cells.append(f"{statistics.mean(accs):.3f}{spread} ({seconds:.0f} s)")
+            devs = [dev_initial_and_best(outs[seed]) for seed in done]
             print(
-                f"{task:20s} {method:10s} test "
+                f"{task:20s} {method:10s} seeds {list(done)} test "
                 + " ".join(f"{a:.3f}" for a in accs)
                 + "  dev initial->restored "
                 + " ".join(f"{d0:.3f}->{d1:.3f}" for d0, d1 in devs),
@@ -100,7 +109,7 @@ def main() -> None:
             )
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
     print(
-        f"\nTest accuracy, mean ± std over seeds {args.seeds}, preset {args.preset}, "
+        f"\nTest accuracy, mean ± std over the finished ones of seeds {args.seeds}, preset {args.preset}, "
         f"(mean wall time per run), default model:\n"
     )
     print("| task | " + " | ".join(args.methods) + " |")
