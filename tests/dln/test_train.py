@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from dln import DLNError, load_program
 from dln.config import build_config
+from dln.dln1 import Batch
+from dln.dln2 import dln2_step
+from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
 from dln.train import PromptTrainer, balanced_minibatch, dev_subset
 from dln.train_config import TrainConfig
@@ -141,3 +145,19 @@ def test_dln2_step_reports_bounds_and_keeps_them_ordered(hf_model, tmp_path):
     assert 1.0 <= step["ess"] <= 2.0
     assert program.kind == "dln2" and program.hidden is not None
     assert program.predict(["Great film."])[0] in {"good", "bad"}
+
+
+def test_dln2_step_ess_comes_from_the_same_weights_as_its_bounds(hf_model):
+    """With one example and K=2 the logged bounds fix the ESS exactly.
+
+    For log-weights a, b: iw_bound - elbo = log cosh((a - b) / 2), so |a - b| = 2 acosh(exp(iw - elbo)), the
+    normalised weights are sigmoid(±(a - b)) and ESS = 1 / (p² + (1 - p)²).
+    """
+    config = tiny(method="dln2", batch_size=1, num_candidates=2, num_hidden_samples=2, hidden_max_tokens=16)
+    batch = Batch(["A warm, funny and moving film."], ["good"], [["bad", "good"]])
+    hidden = LanguageLayer(config.hidden_prompt, config.hidden_template)
+    output = LanguageLayer(config.initial_prompt, config.template)
+    step = dln2_step(hidden, output, hf_model, hf_model, batch, config, ["bad", "good"], seed=7)
+    gap = 2 * math.acosh(math.exp(step["iw_bound"] - step["elbo"]))
+    p = 1 / (1 + math.exp(-gap))
+    assert step["ess"] == pytest.approx(1 / (p**2 + (1 - p) ** 2), abs=1e-6)
