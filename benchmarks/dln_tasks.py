@@ -20,7 +20,7 @@ from pathlib import Path
 from dln.atomic import atomic_write_json
 from dln.config import build_config, read_yaml
 from dln.lm import load_model
-from dln.train import PromptTrainer, split_batch
+from dln.train import PromptTrainer, accuracy, split_batch
 from dln.train_config import TrainConfig, apply_preset
 
 METHODS = ("zero_shot", "icl", "dln1", "dln2")
@@ -45,10 +45,8 @@ def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: i
     trainer = PromptTrainer(config, str(out), model=model, progress=False)
     program = trainer.fit()
     test = trainer.task.test.select(range(min(test_limit or len(trainer.task.test), len(trainer.task.test))))
-    batch = split_batch(test, trainer.task.labels)
-    answers = program.predict(batch.inputs, batch.label_sets)
-    accuracy = sum(a == t for a, t in zip(answers, batch.targets)) / len(answers)
-    record = {"accuracy": accuracy, "seconds": time.perf_counter() - start, "test_limit": test_limit}
+    test_accuracy = accuracy(program, split_batch(test, trainer.task.labels))
+    record = {"accuracy": test_accuracy, "seconds": time.perf_counter() - start, "test_limit": test_limit}
     atomic_write_json(out / "bench.json", record)
     return record
 

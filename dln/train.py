@@ -47,6 +47,12 @@ def balanced_minibatch(targets: list[str], size: int, rng: random.Random) -> lis
     return sorted(picked)
 
 
+def accuracy(program: Program, batch: Batch) -> float:
+    """The share of `batch` the program answers with its target: dev selection, `dln eval` and benchmarks."""
+    answers = program.predict(batch.inputs, batch.label_sets)
+    return sum(a == t for a, t in zip(answers, batch.targets)) / len(answers)
+
+
 def dev_subset(dev, size: int) -> list[int] | None:
     """The dev examples that pick the best prompt: all of them, or a fixed class-balanced subset of `size`.
 
@@ -117,9 +123,7 @@ class PromptTrainer:
         ).bind(self.model)
 
     def dev_accuracy(self, prompts: dict[str, str | None]) -> float:
-        batch = self.dev_batch
-        answers = self.program(prompts).predict(batch.inputs, batch.label_sets)
-        return sum(a == t for a, t in zip(answers, batch.targets)) / len(answers)
+        return accuracy(self.program(prompts), self.dev_batch)
 
     # -- budget --------------------------------------------------------------------------------------
     def projected_calls(self) -> dict[str, int]:

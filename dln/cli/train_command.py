@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     from dln.data.loading import load_task, read_split
     from dln.lm import load_model
     from dln.program import load_program
-    from dln.train import split_batch
+    from dln.train import accuracy, split_batch
     from dln.train_config import TrainConfig
 
     if overrides:
@@ -106,13 +106,11 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.limit:
         split = split.select(range(min(args.limit, len(split))))
     batch = split_batch(split, task.labels)
-    answers = program.predict(batch.inputs, batch.label_sets)
-    correct = sum(a == t for a, t in zip(answers, batch.targets))
     print(
         json.dumps(
             {
-                "accuracy": correct / len(answers),
-                "n": len(answers),
+                "accuracy": accuracy(program, batch),
+                "n": len(batch.inputs),
                 "split": args.data or args.split,
                 "task": task.name,
                 "method": config.method,
