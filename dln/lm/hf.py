@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from dln.errors import DLNError
 from dln.lm import tokens
@@ -80,28 +81,34 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         if options.max_tokens == 0:
             return [[""] * options.n for _ in prompts]
         encoded = [self.encode_prompt(p) for p in prompts]
-        if options.seed is None:
-            return [
-                out
-                for chunk in _chunks(encoded, self.batch_size)
-                for out in self._generate_batch(chunk, options)
-            ]
-        # Seeded: one call per prompt, so each prompt's samples do not depend on the rest of the batch.
-        results = []
-        for ids in encoded:
-            with seeded(self.device, options.seed):
-                results.extend(self._generate_batch([ids], options))
-        return results
+        return [
+            out for chunk in _chunks(encoded, self.batch_size) for out in self._generate_batch(chunk, options)
+        ]
 
     def _generate_batch(self, encoded: list[list[int]], options: SamplingOptions) -> list[list[str]]:
-        input_ids, attention_mask = self._pad(encoded, side="left")
         kwargs, sequences = generate_kwargs(self.tokenizer, options)
         copies = options.n // sequences
+        if options.seed is not None and not options.greedy:
+            # Seeded: each prompt's n rows are drawn from a generator of its own, so a prompt's samples do not
+            # depend on the rest of the batch, and the batch still decodes in one call.
+            encoded = [ids for ids in encoded for _ in range(sequences)]
+            kwargs = {
+                **kwargs,
+                "do_sample": False,
+                "num_return_sequences": 1,
+                "logits_processor": LogitsProcessorList(
+                    [PerPromptSampler(len(encoded) // sequences, sequences, options, self.device)]
+                ),
+            }
+            for key in ("temperature", "top_k", "top_p"):
+                kwargs.pop(key, None)
+        input_ids, attention_mask = self._pad(encoded, side="left")
         output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         # (B * sequences, T_in + T_new)
         texts = self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
         texts = [truncate_at_stop(t, options.stop) for t in texts]
-        return [texts[i * sequences : (i + 1) * sequences] * copies for i in range(len(encoded))]
+        prompts = len(texts) // sequences
+        return [texts[i * sequences : (i + 1) * sequences] * copies for i in range(prompts)]
 
     # -- scoring -------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -200,6 +207,30 @@ def seeded(device: torch.device, seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+class PerPromptSampler(LogitsProcessor):
+    """Samples the next token of each prompt's block of rows from that prompt's own generator.
+
+    Used with greedy decoding (which then picks the sampled token, the only one left finite), it draws exactly
+    what `torch.manual_seed(seed)` and a one-prompt sampling `generate` would: the same softmax of the
+    temperature-scaled logits, the same `multinomial` over the prompt's n rows, the same random stream.
+    """
+
+    def __init__(self, prompts: int, rows_per_prompt: int, options: SamplingOptions, device: torch.device):
+        self.rows = rows_per_prompt
+        self.temperature = options.temperature
+        self.generators = [torch.Generator(device).manual_seed(options.seed) for _ in range(prompts)]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(scores / self.temperature, dim=-1)
+        picked = torch.cat(
+            [
+                torch.multinomial(probs[i * self.rows : (i + 1) * self.rows], 1, generator=generator)
+                for i, generator in enumerate(self.generators)
+            ]
+        )
+        return torch.full_like(scores, -torch.inf).scatter_(1, picked, 0.0)
 
 
 def _select_cache(cache, index: torch.Tensor):

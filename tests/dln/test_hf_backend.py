@@ -94,6 +94,30 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(hf_model):
     assert len(set(a[0])) > 1  # n samples are not copies
 
 
+def test_batched_seeded_sampling_draws_what_one_sampling_generate_per_prompt_draws(hf_model):
+    """The batched sampler must reproduce transformers' own sampling under torch.manual_seed(seed)."""
+    from dln.lm.hf import seeded
+
+    prompts = ["Once upon a time", "The weather today is", "My favourite food is"]
+    got = hf_model.generate(prompts, n=2, temperature=0.7, max_tokens=16, seed=11)
+    tok = hf_model.tokenizer
+    for prompt, samples in zip(prompts, got):
+        ids = torch.tensor([tok(prompt).input_ids])
+        with seeded(hf_model.device, 11):
+            out = hf_model.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.7,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=16,
+                num_return_sequences=2,
+                pad_token_id=tok.pad_token_id,
+            )
+        assert samples == tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+
+
 def test_stop_strings_end_and_are_excluded(hf_model):
     (full,) = hf_model.generate(["Count: 1, 2, 3,"], max_tokens=20)
     assert " 5," in full[0]
