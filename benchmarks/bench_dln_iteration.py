@@ -47,7 +47,8 @@ def naive_objectives(layer, model, prompts, batch) -> np.ndarray:
             for label in labels:
                 cont = tok(layer.label_text(label), add_special_tokens=False).input_ids
                 with torch.inference_mode():
-                    logprobs = torch.log_softmax(net(torch.tensor([context + cont])).logits[0].float(), -1)
+                    ids = torch.tensor([context + cont], device=model.device)
+                    logprobs = torch.log_softmax(net(ids).logits[0].float(), -1)
                 totals.append(sum(logprobs[len(context) - 1 + k, t].item() for k, t in enumerate(cont)))
             out[p, i] = totals[labels.index(target)] - np.logaddexp.reduce(totals)
     return out.mean(axis=1)

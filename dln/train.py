@@ -11,6 +11,7 @@ final program equals the uninterrupted run's.
 from __future__ import annotations
 
 import random
+import time
 from collections import defaultdict
 
 from tqdm.auto import tqdm
@@ -72,6 +73,17 @@ def icl_prompt(config: TrainConfig, task: Task) -> str:
     return with_examples(
         config.initial_prompt, [Example(x, y) for x, y in zip(rows["input"], rows["target"])]
     )
+
+
+class Stopwatch:
+    """Wall time of a run summed over the processes that trained it: a resumed run reports its real cost."""
+
+    def __init__(self, earlier: float) -> None:
+        self.earlier = earlier
+        self.start = time.perf_counter()
+
+    def total(self) -> float:
+        return round(self.earlier + time.perf_counter() - self.start, 2)
 
 
 class PromptTrainer:
@@ -149,6 +161,7 @@ class PromptTrainer:
         config = self.config
         resuming = self.run.start(dump_yaml(config))
         state = self.run.load_checkpoint() if resuming else None
+        clock = Stopwatch(state.get("seconds", 0.0) if state else 0.0)
         if state is None:
             prompts = self.initial_prompts()
             dev = self.dev_accuracy(prompts)
@@ -156,8 +169,9 @@ class PromptTrainer:
                 "iteration": 0,
                 "prompts": prompts,
                 "best": {"prompts": prompts, "dev_accuracy": dev, "iteration": 0},
+                "seconds": clock.total(),
             }
-            self.run.log({"iteration": 0, "dev_accuracy": dev})
+            self.run.log({"iteration": 0, "dev_accuracy": dev, "seconds": state["seconds"]})
             self.run.save_checkpoint(state)
         iterations = config.iterations if config.method in ("dln1", "dln2") else 0
         layers = self.program(state["prompts"])
@@ -204,7 +218,8 @@ class PromptTrainer:
                         "dev_accuracy": record["dev_accuracy"],
                         "iteration": iteration,
                     }
-            state.update(iteration=iteration, prompts=prompts)
+            state.update(iteration=iteration, prompts=prompts, seconds=clock.total())
+            record["seconds"] = state["seconds"]
             self.run.log(record)
             self.run.save_checkpoint(state)
             bar.update(1)

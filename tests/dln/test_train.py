@@ -106,10 +106,11 @@ def test_an_interrupted_run_resumes_to_the_same_program(trained, hf_model, tmp_p
     assert checkpoint["iteration"] == 1 and not (tmp_path / "program.json").exists()
     resumed = PromptTrainer(tiny(), str(tmp_path), model=hf_model, progress=False).fit()
     assert resumed.to_dict() == program.to_dict()
-    iterations = [
-        json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert iterations == [0, 1, 2]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    # the wall time counts on from the interrupted process's, not from zero
+    seconds = [m["seconds"] for m in metrics]
+    assert seconds[1] == checkpoint["seconds"] and seconds == sorted(seconds) and seconds[0] > 0
 
 
 def test_zero_iterations_keeps_the_initial_prompt(hf_model, tmp_path):
