@@ -47,7 +47,8 @@ def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: i
     test = trainer.task.test.select(range(min(test_limit or len(trainer.task.test), len(trainer.task.test))))
     test_accuracy = accuracy(program, split_batch(test, trainer.task.labels))
     # training time summed over every process that trained the run (it may have been resumed), then the test
-    seconds = trainer.run.load_checkpoint()["seconds"] + time.perf_counter() - start
+    # (a checkpoint written before runs kept their time has none: its training time is unknown, counted as 0)
+    seconds = trainer.run.load_checkpoint().get("seconds", 0.0) + time.perf_counter() - start
     record = {"accuracy": test_accuracy, "seconds": seconds, "test_limit": test_limit}
     atomic_write_json(out / "bench.json", record)
     return record

@@ -91,14 +91,13 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         if options.seed is not None and not options.greedy:
             # Seeded: each prompt's n rows are drawn from a generator of its own, so a prompt's samples do not
             # depend on the rest of the batch, and the batch still decodes in one call.
+            sampler = PerPromptSampler(len(encoded), sequences, options, self.device)
             encoded = [ids for ids in encoded for _ in range(sequences)]
             kwargs = {
                 **kwargs,
                 "do_sample": False,
                 "num_return_sequences": 1,
-                "logits_processor": LogitsProcessorList(
-                    [PerPromptSampler(len(encoded) // sequences, sequences, options, self.device)]
-                ),
+                "logits_processor": LogitsProcessorList([sampler]),
             }
             for key in ("temperature", "top_k", "top_p"):
                 kwargs.pop(key, None)
