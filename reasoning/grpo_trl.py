@@ -58,7 +58,7 @@ def train_grpo_trl(config: ReasonConfig, run_dir: str | Path) -> dict:
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
-    from dln.lm.registry import resolve_model_path
+    from dln.lm.paths import resolve_model_path
     from reasoning.policy import Policy, PolicyConfig
     from reasoning.reason_eval import evaluate
 

@@ -28,27 +28,19 @@ from pathlib import Path
 import torch
 
 from dln.errors import DLNError
-from dln.lm import tokens
+from dln.lm import sampling, tokens
 from reasoning.run_config import PolicyConfig
 
 ADAPTER_META = "dln_adapter.json"
 
 
 def load_base(model: str = "default", device: str | torch.device = "cpu"):
-    """(model, tokenizer) of a transformers directory (`default`: the built-in SmolLM2), fp32."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) of a base model (`default`, `hf:default`, a model dir), fp32 for training."""
+    from dln.lm.hf import load_causal_lm
+    from dln.lm.paths import resolve_model_path
 
-    from dln.lm.registry import resolve_model_path
-
-    path = resolve_model_path(model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
-    except OSError as err:
-        raise DLNError(f"cannot load base model {model!r}: not a local transformers directory") from err
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return base.to(device), tokenizer
+    tokenizer, base = load_causal_lm(resolve_model_path(model), device, "float32")
+    return base, tokenizer
 
 
 class Policy:
@@ -160,37 +152,32 @@ class Policy:
     ) -> list[list[list[int]]]:
         """n completions per prompt under the active adapter: token ids, EOS kept when the model stopped.
 
-        temperature 0 is greedy (one decode, copied n times). Sampling uses the full distribution (top_k=0).
+        temperature 0 is greedy (one decode, copied n times). The rule is `dln.lm.sampling`'s: the full
+        distribution (top_k=0) with temperature and top_p; with a seed, each prompt's samples come from a
+        generator of its own, so they do not depend on the rest of the batch.
         """
-        from dln.lm.hf import seeded
-
-        eos = self.tokenizer.eos_token_id
-        greedy = temperature == 0
-        kwargs = {
-            "max_new_tokens": max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "num_return_sequences": 1 if greedy else n,
-            **(
-                {"do_sample": False}
-                if greedy
-                else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
-            ),
-        }
+        eos = {self.tokenizer.eos_token_id}
         was_training = self.model.training
         self.model.eval()
         out: list[list[list[int]]] = []
-        context = seeded(self.device, seed) if seed is not None else nullcontext()
         try:
-            with context, self.autocast():
+            with self.autocast():
                 for start in range(0, len(prompt_ids), batch_size):
                     chunk = list(prompt_ids[start : start + batch_size])
-                    ids, mask = _pad(chunk, self.tokenizer.pad_token_id, "left", self.device)
-                    generated = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-                    rows = [_trim(row, eos) for row in generated[:, ids.shape[1] :].tolist()]
-                    per_prompt = 1 if greedy else n
+                    rows, per_prompt = sampling.sample_ids(
+                        self.model,
+                        self.tokenizer,
+                        chunk,
+                        n=n,
+                        temperature=temperature,
+                        top_p=top_p,
+                        max_new_tokens=max_new_tokens,
+                        seed=seed,
+                        end_ids=eos,
+                    )
                     for i in range(len(chunk)):
                         group = rows[i * per_prompt : (i + 1) * per_prompt]
-                        out.append(group * n if greedy else group)
+                        out.append(group * n if per_prompt == 1 else group)
         finally:
             self.model.train(was_training)
         return out
@@ -213,7 +200,7 @@ class Policy:
         if len(prompt_ids) != len(completion_ids):
             raise DLNError(f"{len(prompt_ids)} prompts but {len(completion_ids)} completions")
         rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
-        ids, mask = _pad(rows, self.tokenizer.pad_token_id, "right", self.device)
+        ids, mask = sampling.pad(rows, self.tokenizer.pad_token_id, "right", self.device)
         width = max(1, max(len(c) for c in completion_ids))
         # targets: the completion tokens, right-aligned to their own prompt (B, T)
         target = torch.full((len(rows), width), self.tokenizer.pad_token_id, device=self.device)
@@ -272,18 +259,3 @@ class Policy:
         shutil.rmtree(tmp, ignore_errors=True)
         return out
 
-
-def _pad(rows: Sequence[list[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _trim(row: list[int], eos: int) -> list[int]:
-    """Cut a generated row after its first EOS (kept); padding after it is dropped."""
-    return row[: row.index(eos) + 1] if eos in row else row

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from dln.lm import sampling
 from dln.lm.base import truncate_at_stop
-from dln.lm.hf import generate_kwargs, seeded
 
 #: tokens per forward when computing log-probs; bounds the (rows, T, hidden) activations.
 TOKEN_BUDGET = 4096
@@ -130,31 +130,33 @@ class HFEngine:
         params = jobs[0].params
         rows = [(j, p) for j, job in enumerate(jobs) for p in range(len(job.prompts))]
         out: dict[tuple[int, int], list[Sample]] = {}
-        if params.seed is None:
-            step = max(1, MAX_ROWS // params.n)
-            for start in range(0, len(rows), step):
-                chunk = rows[start : start + step]
-                for key, samples in zip(chunk, self._generate_rows(jobs, chunk, params), strict=True):
-                    out[key] = samples
-        else:
-            # Seeded: each prompt alone under its own seed, so its samples do not depend on the batch.
-            for key in rows:
-                with seeded(self.device, params.seed):
-                    out[key] = self._generate_rows(jobs, [key], params)[0]
+        # Seeded requests batch like any other: the sampling rule draws each prompt from its own generator.
+        step = max(1, MAX_ROWS // params.n)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
+            for key, samples in zip(chunk, self._generate_rows(jobs, chunk, params), strict=True):
+                out[key] = samples
         self._add_logprobs(jobs, out)
         return [[out[(j, p)] for p in range(len(job.prompts))] for j, job in enumerate(jobs)]
 
     def _generate_rows(self, jobs, keys: list[tuple[int, int]], params: SamplingParams) -> list[list[Sample]]:
         prompts = [jobs[j].prompts[p] for j, p in keys]
-        input_ids, mask = self.lm._pad(prompts, side="left")  # (B, T_in)
         # Greedy decoding gives n equal samples: decoded once per prompt and copied below.
-        kwargs, rows_per_prompt = generate_kwargs(self.tokenizer, params, top_p=params.top_p)
+        rows_per_prompt = 1 if params.greedy else params.n
         streamer = _RowStreamer(self, jobs, keys, params, rows_per_prompt)
-        output = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, streamer=streamer if streamer.active else None, **kwargs
-        )
-        # (B * rows_per_prompt, T_in + T_new), prompt-major
-        new = output[:, input_ids.shape[1] :].tolist()
+        new, _ = sampling.sample_ids(
+            self.model,
+            self.tokenizer,
+            prompts,
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_new_tokens=params.max_tokens,
+            seed=params.seed,
+            stop=params.stop,
+            streamer=streamer if streamer.active else None,
+            end_ids=self.end_ids,
+        )  # (B * rows_per_prompt) rows, prompt-major
         samples = [self._sample(ids, params) for ids in new]
         if params.greedy:
             return [[replace(s) for _ in range(params.n)] for s in samples]
@@ -233,7 +235,7 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     def _hidden(self, rows: list[list[int]]) -> torch.Tensor:
-        ids, mask = self.lm._pad(rows, side="right")
+        ids, mask = self.lm.pad(rows, side="right")
         return self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
 
     def _row_logprobs(self, hidden: torch.Tensor, ids: list[int], start: int, top_k: int) -> TokenLogprobs:

@@ -80,7 +80,8 @@ class ModelRegistry:
 
 def same_model(a: str, b: str) -> bool:
     """Whether two local model URIs (hf:/vllm:) name the same weights."""
-    from dln.lm.registry import parse_model_uri, resolve_model_path
+    from dln.lm.paths import resolve_model_path
+    from dln.lm.registry import parse_model_uri
 
     try:
         (scheme_a, rest_a), (scheme_b, rest_b) = parse_model_uri(a), parse_model_uri(b)

@@ -20,7 +20,7 @@ import importlib.util
 import uuid
 
 from dln.errors import DLNError
-from dln.lm.registry import resolve_model_path
+from dln.lm.paths import resolve_model_path
 from serving.engine import GenerateJob, Sample, ScoreJob, TokenLogprobs
 from serving.protocol import MAX_LOGPROBS
 
@@ -55,12 +55,13 @@ class VLLMBackend:
             ) from err
         from vllm.platforms import current_platform
 
-        from dln.lm.vllm_backend import CPU_KV_CACHE_BYTES, _load_tokenizer, _local_model_dir
+        from dln.lm.paths import load_tokenizer, local_model_dir
+        from dln.lm.vllm import CPU_KV_CACHE_BYTES
 
         self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
         path = resolve_model_path(name)
         self.uri = f"vllm:{path}"
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, "vllm")
         # the defaults of dln's offline vllm: backend: fp32 and eager on CPU, with a fixed 1 GiB KV cache
         on_cpu = current_platform.is_cpu()
         options = {
@@ -70,7 +71,7 @@ class VLLMBackend:
         }
         if on_cpu and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(engine_kwargs):
             options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        args = AsyncEngineArgs(model=_local_model_dir(path), **{**options, **engine_kwargs})
+        args = AsyncEngineArgs(model=local_model_dir(path), **{**options, **engine_kwargs})
         self._engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = int(self._engine.model_config.max_model_len)
         self.requests = 0

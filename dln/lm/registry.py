@@ -15,9 +15,9 @@ from pathlib import Path
 from dln.errors import DLNError
 from dln.home import default_cache_path
 from dln.lm.base import LanguageModel
+from dln.lm.paths import URI_HELP
 
 SCHEMES = ("hf", "vllm", "openai")
-URI_HELP = "use hf:default, hf:<path>, vllm:<path> or openai:<model>@<base_url>"
 
 
 def parse_model_uri(uri: str) -> tuple[str, str]:
@@ -43,11 +43,11 @@ def load_model(uri: str, *, cache: bool | str | Path | None = None, **backend_op
 
         model: LanguageModel = HFLanguageModel(rest, **backend_options)
     elif scheme == "vllm":
-        from dln.lm.vllm_backend import VLLMLanguageModel
+        from dln.lm.vllm import VLLMLanguageModel
 
         model = VLLMLanguageModel(rest, **backend_options)
     else:
-        from dln.lm.openai_backend import OpenAILanguageModel
+        from dln.lm.openai import OpenAILanguageModel
 
         model = OpenAILanguageModel.from_uri_rest(rest, **backend_options)
     path = (
@@ -58,22 +58,3 @@ def load_model(uri: str, *, cache: bool | str | Path | None = None, **backend_op
     from dln.lm.cache import CachedLanguageModel
 
     return CachedLanguageModel(model, path)
-
-
-def resolve_model_path(name: str) -> str:
-    """`default` -> the converted built-in model; an existing path -> itself; else a hub name (offline)."""
-    if name == "default":
-        from dln.lm.default_model import ensure_default_model
-
-        return str(ensure_default_model())
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise DLNError(
-                f"{name} is neither a transformers model directory (config.json) nor a PEFT adapter "
-                f"directory (adapter_config.json)"
-            )
-        return str(path)
-    if name.startswith((".", "/", "~")):
-        raise DLNError(f"model path {name} does not exist; {URI_HELP}")
-    return name

@@ -96,7 +96,7 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(hf_model):
 
 def test_batched_seeded_sampling_draws_what_one_sampling_generate_per_prompt_draws(hf_model):
     """The batched sampler must reproduce transformers' own sampling under torch.manual_seed(seed)."""
-    from dln.lm.hf import seeded
+    from dln.lm.sampling import seeded
 
     prompts = ["Once upon a time", "The weather today is", "My favourite food is"]
     got = hf_model.generate(prompts, n=2, temperature=0.7, max_tokens=16, seed=11)
@@ -147,3 +147,32 @@ def test_malformed_chat_message_is_a_clear_error(hf_model):
 
     with pytest.raises(DLNError, match="role"):
         hf_model.generate([[{"text": "hi"}]])
+
+
+def test_seeded_top_p_batch_draws_what_transformers_draws_per_prompt(hf_model):
+    """The one sampling rule (backend, server, policy) with top_p < 1: batched = one sampling generate each."""
+    from dln.lm.sampling import sample_ids, seeded
+
+    tok = hf_model.tokenizer
+    prompts = [tok(p).input_ids for p in ["Once upon a time", "The weather today is", "Hi"]]
+    rows, per_prompt = sample_ids(
+        hf_model.model, tok, prompts, n=2, temperature=0.9, top_p=0.8, max_new_tokens=12, seed=5
+    )
+    assert per_prompt == 2
+    for i, ids in enumerate(prompts):
+        x = torch.tensor([ids])
+        with seeded(hf_model.device, 5):
+            out = hf_model.model.generate(
+                input_ids=x,
+                attention_mask=torch.ones_like(x),
+                do_sample=True,
+                temperature=0.9,
+                top_k=0,
+                top_p=0.8,
+                max_new_tokens=12,
+                num_return_sequences=2,
+                pad_token_id=tok.pad_token_id,
+            )
+        expected = [[t for t in row if t != tok.pad_token_id] for row in out[:, x.shape[1] :].tolist()]
+        got = [[t for t in row if t != tok.pad_token_id] for row in rows[2 * i : 2 * i + 2]]
+        assert got == expected

@@ -29,7 +29,7 @@ import hashlib
 from dln.errors import DLNError
 from dln.lm import tokens
 from dln.lm.base import LanguageModel, Prompt, SamplingOptions, truncate_at_stop
-from dln.lm.registry import resolve_model_path
+from dln.lm.paths import load_tokenizer, local_model_dir, resolve_model_path
 
 INSTALL_HINT = (
     "the vllm: backend needs the vllm package: on a GPU machine `pip install 'dln[vllm]'`; on CPU, "
@@ -87,7 +87,7 @@ class VLLMLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         self._SamplingParams = vllm.SamplingParams
         path = resolve_model_path(name)
         self.uri = f"vllm:{path}"
-        self.tokenizer = _load_tokenizer(path)
+        self.tokenizer = load_tokenizer(path, "vllm")
         on_cpu = current_platform.is_cpu()
         options = {
             "dtype": dtype or ("float32" if on_cpu else "auto"),
@@ -100,7 +100,7 @@ class VLLMLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         elif on_cpu and "kv_cache_memory_bytes" not in engine_kwargs:
             # vLLM's CPU default reserves 90% of RAM (and refuses to start when that much is not free).
             options["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
-        self._llm = vllm.LLM(model=_local_model_dir(path), **{**options, **engine_kwargs})
+        self._llm = vllm.LLM(model=local_model_dir(path), **{**options, **engine_kwargs})
         self.max_model_len = self._llm.llm_engine.model_config.max_model_len
 
     # -- text <-> ids: the same rule as hf: (tokens.TokenizedPrompts) -------------------------------------
@@ -212,33 +212,3 @@ def _sample_seed(seed: int, k: int) -> int:
     """A 63-bit seed for the k-th sample of a seeded request, independent across (seed, k)."""
     digest = hashlib.blake2b(f"{seed}:{k}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
-
-
-def _load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except OSError as err:
-        raise DLNError(
-            f"cannot load model {path!r}: it is neither a local model directory nor in the local Hugging "
-            f"Face cache, and models are never downloaded at run time; pass vllm:<path-to-model-dir> or "
-            f"vllm:default"
-        ) from err
-
-
-def _local_model_dir(path: str) -> str:
-    """A hub name already in the local cache -> its snapshot directory, so the engine never goes online."""
-    from pathlib import Path
-
-    if Path(path).exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(path, local_files_only=True)
-    except Exception as err:  # huggingface_hub's LocalEntryNotFoundError and friends
-        raise DLNError(
-            f"model {path!r} is not complete in the local Hugging Face cache, and models are never "
-            f"downloaded at run time; pass vllm:<path-to-model-dir> or vllm:default"
-        ) from err
