@@ -1,8 +1,15 @@
 """The `dln` command line: one entry point, a subcommand per job.
 
-Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `handler`. A
-`DLNError` ends the command with one line on stderr and exit status 2; anything else is a bug and keeps its
-traceback.
+Each subcommand module exposes `register(subparsers)`, which adds its parser and sets `handler`. The core's
+own commands (generate, score, classify, prepare, train, eval) live here; every other package adds its
+commands through the `dln.commands` entry-point group in `pyproject.toml`, so this package imports nothing
+of `reasoning/` or `serving/` and adding an algorithm touches only its own package:
+
+    [project.entry-points."dln.commands"]
+    reason = "reasoning.reason.cli:register"
+
+A `DLNError` ends the command with one line on stderr and exit status 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show every option's default and keep the descriptions' line breaks."""
 
 
+COMMAND_GROUP = "dln.commands"
+
+
+def plugin_registrars() -> list:
+    """`register` functions of the installed packages' commands (entry-point group `dln.commands`)."""
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from dln.cli import (
-        bon_command,
-        lm_commands,
-        reason_command,
-        serve_command,
-        tfb_command,
-        train_command,
-    )
+    from dln.cli import lm_commands, train_command
 
     parser = argparse.ArgumentParser(
         prog="dln",
@@ -38,11 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dln {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     lm_commands.register(subparsers)
-    serve_command.register(subparsers)
     train_command.register(subparsers)
-    tfb_command.register(subparsers)
-    bon_command.register(subparsers)
-    reason_command.register(subparsers)
+    for register in plugin_registrars():
+        register(subparsers)
     return parser
 
 
