@@ -39,7 +39,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
 
     start = time.time()
     if method == "base":
-        from reasoning.policy import Policy, PolicyConfig
+        from reasoning.finetune.policy import Policy, PolicyConfig
         from reasoning.tasks import chain_task
 
         policy = Policy.load(PolicyConfig(bf16=True), adapters=("policy",))

@@ -14,8 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from dln.cli.common import config_from_cli
-from reasoning.policy import Policy
+from dln.config import load_config
+from reasoning.finetune.policy import Policy
 from reasoning.rewards import load_reward
 from reasoning.vbon import ADAPTER, VBoNTrainer, load_prompts
 from reasoning.vbon_config import VBoNConfig
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prompts = load_prompts("reviews", "test")[: args.prompts]
-    base = config_from_cli(VBoNConfig, f"configs/vbon/{args.configs[0]}.yaml", [])
+    base = load_config(VBoNConfig, f"configs/vbon/{args.configs[0]}.yaml", [])
     reward = load_reward(base.reward)
     ns = tuple(n for n in (1, 2, 4, 8, 16, 32) if n <= args.bon_samples)
     reference = evaluate_reference_bon(Policy.load(base), prompts, reward, base, m=args.bon_samples, ns=ns)
@@ -45,7 +45,7 @@ def main() -> None:
         print(json.dumps(point.row()), flush=True)
     points: list[tuple[RewardKL, float]] = []
     for name in args.configs:
-        config = config_from_cli(VBoNConfig, f"configs/vbon/{name}.yaml", [])
+        config = load_config(VBoNConfig, f"configs/vbon/{name}.yaml", [])
         start = time.perf_counter()
         trainer = VBoNTrainer(config, Path(args.out) / name)
         trainer.fit()

@@ -1,5 +1,8 @@
 """Typed run configs: a dataclass, a YAML file under `configs/`, and `--key value` command-line overrides.
 
+The one path from a YAML file and a command line to a config: `load_config` (every command), with
+`config_epilog` listing the keys in `--help`.
+
 Unknown keys, wrong types and unparsable YAML are `DLNError`s that name the key or the line. The resolved
 config is what a run writes to its run directory, so a run can be resumed or repeated exactly.
 """
@@ -37,13 +40,29 @@ def build_config(cls: type[C], values: dict[str, Any], *, source: str = "config"
         raise DLNError(f"{source}: {err}") from err
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Defaults of `cls`, then the YAML file, then the overrides (command-line strings are parsed)."""
-    values: dict[str, Any] = {}
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> C:
+    """The one way to a run config: the class defaults, then `base` (a preset), the YAML file, then the
+    overrides (a mapping, or command-line `--key value` strings, parsed and coerced by type)."""
+    values: dict[str, Any] = dict(base or {})
     if path is not None:
         values.update(read_yaml(path))
-    values.update(overrides or {})
-    return build_config(cls, values, source=str(path) if path else "config")
+    values.update(parse_overrides(overrides) if isinstance(overrides, list) else overrides or {})
+    return build_config(cls, values, source=str(path) if path else "command line")
+
+
+def config_epilog(cls: type, extra: list[str] | None = None) -> str:
+    """The `--help` epilog listing every key of a run config with its help text and default."""
+    lines = ["config keys (set in the YAML file or as --key value; defaults in brackets):"]
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        shown = repr(default) if len(repr(default)) < 40 else f"(see {cls.__module__})"
+        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [{shown}]")
+    return "\n".join(lines + (extra or []))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -11,7 +11,6 @@ final program equals the uninterrupted run's.
 from __future__ import annotations
 
 import random
-import time
 from collections import defaultdict
 
 from tqdm.auto import tqdm
@@ -25,7 +24,7 @@ from dln.layers import LanguageLayer
 from dln.lm import LanguageModel, load_model
 from dln.meta import Example, with_examples
 from dln.program import Program
-from dln.rundir import RunDir
+from dln.rundir import RunDir, Stopwatch
 from dln.train_config import TrainConfig
 
 
@@ -73,17 +72,6 @@ def icl_prompt(config: TrainConfig, task: Task) -> str:
     return with_examples(
         config.initial_prompt, [Example(x, y) for x, y in zip(rows["input"], rows["target"])]
     )
-
-
-class Stopwatch:
-    """Wall time of a run summed over the processes that trained it: a resumed run reports its real cost."""
-
-    def __init__(self, earlier: float) -> None:
-        self.earlier = earlier
-        self.start = time.perf_counter()
-
-    def total(self) -> float:
-        return round(self.earlier + time.perf_counter() - self.start, 2)
 
 
 class PromptTrainer:

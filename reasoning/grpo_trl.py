@@ -59,7 +59,7 @@ def train_grpo_trl(config: ReasonConfig, run_dir: str | Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from dln.lm.paths import resolve_model_path
-    from reasoning.policy import Policy, PolicyConfig
+    from reasoning.finetune.policy import Policy, PolicyConfig
     from reasoning.reason_eval import evaluate
 
     if config.debias or config.per_token:

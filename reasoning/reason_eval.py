@@ -28,7 +28,7 @@ def evaluate(
     """Greedy completions of `split`'s questions under `adapter` (None: the base model), scored.
 
     Args:
-        policy: a `reasoning.policy.Policy`.
+        policy: a `reasoning.finetune.policy.Policy`.
         split: rows with question and answer (a `datasets.Dataset` or a list of dicts).
         adapter: adapter name, or None for the base model with adapters disabled.
         limit: first N rows only (0: all).

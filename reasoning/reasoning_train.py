@@ -1,6 +1,6 @@
-"""Variational reasoning and its baselines in one resumable Accelerate loop (`reasoning.loop.TrainLoop`).
+"""Variational reasoning and its baselines in one resumable Accelerate loop (`finetune.loop.TrainLoop`).
 
-One base model carries two named LoRA adapters (`reasoning.policy.Policy`):
+One base model carries two named LoRA adapters (`reasoning.finetune.policy.Policy`):
 
 - `policy`: π_θ(z, y | x), prompted with the question (`reasoning.tasks.policy_prompt`);
 - `posterior` (variational objectives only): q_φ(z | x, y), the same base prompted with the question and
@@ -48,8 +48,8 @@ import torch
 from dln.atomic import atomic_write_json, atomic_write_text
 from dln.config import build_config, dump_yaml, read_yaml, to_dict
 from dln.errors import DLNError
-from reasoning.loop import TrainLoop
-from reasoning.policy import Policy
+from reasoning.finetune.loop import TrainLoop
+from reasoning.finetune.policy import Policy
 from reasoning.reason_eval import evaluate
 from reasoning.reasoning_config import ReasonConfig
 from reasoning.reasoning_losses import (

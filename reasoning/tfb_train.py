@@ -199,7 +199,7 @@ def train_map(
         else task.train.select(range(min(config.train_limit, len(task.train))))
     )
     if base is None:
-        from reasoning.policy import load_base
+        from reasoning.finetune.policy import load_base
 
         base, tokenizer = load_base(config.model)
     model = add_lora(base, config)
@@ -281,7 +281,7 @@ def load_adapter(directory: str | Path, *, base=None, tokenizer=None) -> tuple[o
     if not (Path(directory) / "adapter_config.json").is_file():
         raise DLNError(f"{directory} has no adapter_config.json; it is not a PEFT adapter directory")
     if base is None:
-        from reasoning.policy import load_base
+        from reasoning.finetune.policy import load_base
 
         base, tokenizer = load_base(meta["base_model"])
     model = PeftModel.from_pretrained(base, str(directory))

@@ -1,4 +1,4 @@
-"""vBoN fine-tuning (and the KL-regularised RL baseline) of a LoRA policy, in `reasoning.loop.TrainLoop`.
+"""vBoN fine-tuning (and the KL-regularised RL baseline) of a LoRA policy, in `finetune.loop.TrainLoop`.
 
 The objective (derived in `reasoning.bon`): maximise E_{y~π_θ}[R(x, y)] - β KL(π_θ || π_ref) with
 
@@ -31,8 +31,8 @@ from dln.data.jsonl import read_jsonl
 from dln.errors import DLNError
 from dln.home import dln_home
 from reasoning.bon import smoothed_log_cdf, vbon_log_ratio
-from reasoning.loop import TrainLoop
-from reasoning.policy import Policy
+from reasoning.finetune.loop import TrainLoop
+from reasoning.finetune.policy import Policy
 from reasoning.rewards import RewardFn, load_reward, score_batch
 from reasoning.vbon_config import VBoNConfig
 

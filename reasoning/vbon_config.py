@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dln.errors import DLNError
-from reasoning.run_config import LoopConfig, PolicyConfig, _help
+from reasoning.finetune.config import LoopConfig, PolicyConfig, _help
 
 
 @dataclass

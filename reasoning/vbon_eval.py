@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from reasoning.bon import best_of_n_weights, vbon_first_order
-from reasoning.policy import Policy
+from reasoning.finetune.policy import Policy
 from reasoning.rewards import RewardFn
 from reasoning.vbon import sample_rewards
 

@@ -110,10 +110,10 @@ def run_sample(args: argparse.Namespace) -> None:
 
 
 def load_vbon_config(path: str | None, overrides: list[str], base: dict | None = None):
-    from dln.cli.common import config_from_cli
+    from dln.config import load_config
     from reasoning.vbon_config import VBoNConfig
 
-    return config_from_cli(VBoNConfig, path, overrides, base)
+    return load_config(VBoNConfig, path, overrides, base)
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -135,7 +135,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from reasoning.policy import Policy
+    from reasoning.finetune.policy import Policy
     from reasoning.rewards import load_reward
     from reasoning.vbon import ADAPTER, load_prompts
     from reasoning.vbon_eval import evaluate_policy, evaluate_reference_bon

@@ -62,10 +62,10 @@ def _config_epilog() -> str:
 
 
 def build_reason_config(config_path: str | None, overrides: list[str]):
-    from dln.cli.common import config_from_cli
+    from dln.config import load_config
     from reasoning.reasoning_config import ReasonConfig
 
-    return config_from_cli(ReasonConfig, config_path, overrides)
+    return load_config(ReasonConfig, config_path, overrides)
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -97,7 +97,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from reasoning.policy import Policy, PolicyConfig
+    from reasoning.finetune.policy import Policy, PolicyConfig
     from reasoning.reason_eval import evaluate
     from reasoning.reasoning_train import load_run_config
     from reasoning.tasks import load_jsonl, task_of

@@ -96,10 +96,10 @@ def _config_epilog() -> str:
 
 
 def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
-    from dln.cli.common import config_from_cli
+    from dln.config import load_config
     from reasoning.tfb_train import MapTrainConfig, train_map
 
-    config = config_from_cli(
+    config = load_config(
         MapTrainConfig, args.config, overrides + (["--task", args.task] if args.task else [])
     )
     if not config.task and not config.train:

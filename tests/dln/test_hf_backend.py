@@ -150,7 +150,7 @@ def test_malformed_chat_message_is_a_clear_error(hf_model):
 
 
 def test_seeded_top_p_batch_draws_what_transformers_draws_per_prompt(hf_model):
-    """The one sampling rule (backend, server, policy) with top_p < 1: batched = one sampling generate each."""
+    """The one sampling rule with top_p < 1: a batch draws what one sampling generate per prompt draws."""
     from dln.lm.sampling import sample_ids, seeded
 
     tok = hf_model.tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoning.policy import Policy, PolicyConfig
+from reasoning.finetune.policy import Policy, PolicyConfig
 
 
 @pytest.fixture(scope="module")

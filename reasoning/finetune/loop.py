@@ -8,7 +8,7 @@ An objective supplies `step_fn(step) -> (loss, metrics)`; the loop owns everythi
   (`loop.process_index`, `loop.num_processes`), and gradients are averaged across processes before every
   update. The model is not wrapped in DDP on purpose: one loss may run the model under several adapters
   (policy and posterior) before its backward pass, which DDP's reducer does not allow;
-- `metrics.jsonl` (one line per update, main process), tensorboard when installed, a tqdm bar;
+- `metrics.jsonl` (one line per update, main process, `dln.rundir.RunDir`), tensorboard when installed, a bar;
 - `accelerator.save_state` checkpoints of the adapters' weights, the optimizer and every RNG under
   `run_dir/checkpoints/step-NNNNNN`, written to a temporary name and renamed, the last two kept. A run
   started again on the same `run_dir` loads the newest one and continues; `step_fn` must draw its data
@@ -17,20 +17,18 @@ An objective supplies `step_fn(step) -> (loss, metrics)`; the loop owns everythi
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from dln.atomic import atomic_write_text
 from dln.errors import DLNError
-from reasoning.policy import Policy
-from reasoning.run_config import LoopConfig
+from dln.rundir import RunDir
+from reasoning.finetune.config import LoopConfig
+from reasoning.finetune.policy import Policy
 
 CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 StepFn = Callable[[int], tuple[torch.Tensor, dict]]
 
 
@@ -63,6 +61,7 @@ class TrainLoop:
 
         self.config, self.policy = config, policy
         self.run_dir = Path(run_dir)
+        self.rundir = RunDir(run_dir)
         self.accelerator = Accelerator(
             mixed_precision="bf16" if policy.config.bf16 else "no", cpu=policy.device.type == "cpu"
         )
@@ -107,7 +106,7 @@ class TrainLoop:
         self.accelerator.load_state(str(found[-1]))
         self.step = int(found[-1].name.split("-")[1])
         if self.is_main:
-            self._truncate_metrics(self.step)
+            self.rundir.truncate_metrics(self.step, key="step")
         return self.step
 
     def save(self) -> None:
@@ -125,18 +124,6 @@ class TrainLoop:
             for old in self.checkpoints()[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric lines of updates after the checkpoint (they will be run again)."""
-        path = self.run_dir / METRICS
-        if not path.exists():
-            return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     # -- the loop -------------------------------------------------------------------------------------
     def run(self, step_fn: StepFn, stop_after: int | None = None) -> list[dict]:
@@ -194,8 +181,7 @@ class TrainLoop:
     def _log(self, row: dict, writer) -> None:
         if not self.is_main:
             return
-        with (self.run_dir / METRICS).open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        self.rundir.log(row)
         if writer is not None:
             for key, value in row.items():
                 if key != "step":

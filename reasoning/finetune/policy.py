@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,7 +27,9 @@ import torch
 
 from dln.errors import DLNError
 from dln.lm import sampling, tokens
-from reasoning.run_config import PolicyConfig
+from reasoning.finetune import adapters as adapter_io
+from reasoning.finetune.adapters import lora_config
+from reasoning.finetune.config import PolicyConfig
 
 ADAPTER_META = "dln_adapter.json"
 
@@ -54,20 +54,14 @@ class Policy:
     @classmethod
     def load(cls, config: PolicyConfig, adapters: Sequence[str] = ("policy",)) -> Policy:
         """The base model with one fresh LoRA adapter per name (B = 0: each starts equal to the base)."""
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         if not adapters or len(set(adapters)) != len(adapters):
             raise DLNError(f"give one or more distinct adapter names, got {list(adapters)}")
         device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         base, tokenizer = load_base(config.model, device)
-        targets = config.target_modules
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            bias="none",
-            task_type="CAUSAL_LM",
+        lora = lora_config(
+            config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules, "CAUSAL_LM"
         )
         torch.manual_seed(config.seed)
         model = get_peft_model(base, lora, adapter_name=adapters[0])
@@ -79,10 +73,7 @@ class Policy:
 
     def load_adapter_weights(self, name: str, directory: str | Path) -> None:
         """Overwrite adapter `name` with the weights saved in `directory` (e.g. a warm-start SFT adapter)."""
-        from peft import set_peft_model_state_dict
-        from peft.utils import load_peft_weights
-
-        set_peft_model_state_dict(self.model, load_peft_weights(str(directory)), adapter_name=name)
+        adapter_io.load_adapter_weights(self.model, name, directory)
 
     # -- adapters -------------------------------------------------------------------------------------
     def _activate(self, name: str) -> None:
@@ -227,35 +218,6 @@ class Policy:
 
     # -- saving ---------------------------------------------------------------------------------------
     def save(self, out: str | Path, name: str, meta: dict | None = None) -> Path:
-        """Write adapter `name` as a PEFT directory that `hf:<out>` loads (base recorded by model name).
-
-        Written to a temporary sibling and renamed, so a kill never leaves half an adapter.
-        """
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        peft_config = self.model.peft_config[name]
-        local_base = peft_config.base_model_name_or_path
-        peft_config.base_model_name_or_path = self.config.model  # a model name, never a local path
-        try:
-            self.model.save_pretrained(str(tmp), selected_adapters=[name], save_embedding_layers=False)
-        finally:
-            peft_config.base_model_name_or_path = local_base
-        written = tmp / name if (tmp / name / "adapter_config.json").is_file() else tmp
-        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's card names the local base path
-        (written / ADAPTER_META).write_text(
-            json.dumps({"base_model": self.config.model, "adapter": name, **(meta or {})}, indent=2) + "\n",
-            encoding="utf-8",
-        )
-        if written != tmp:
-            (written / "README.md").unlink(missing_ok=True)
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        written.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out
-
+        """Write adapter `name` as a PEFT directory that `hf:<out>` loads, atomically (`adapters`)."""
+        meta = {"base_model": self.config.model, "adapter": name, **(meta or {})}
+        return adapter_io.save_adapter(self.model, out, self.config.model, ADAPTER_META, meta, adapter=name)
