@@ -17,12 +17,12 @@ import time
 import numpy as np
 import torch
 
+from dln.backward import propose_prompts
 from dln.config import build_config
 from dln.data.loading import load_task
 from dln.dln1 import dln1_step
 from dln.layers import LanguageLayer
 from dln.lm import load_model
-from dln.meta import propose_prompts
 from dln.scoring import gold_logprobs, label_logprobs
 from dln.train import balanced_minibatch, split_batch
 from dln.train_config import TrainConfig

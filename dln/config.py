@@ -65,9 +65,18 @@ def config_epilog(cls: type, extra: list[str] | None = None) -> str:
     return "\n".join(lines + (extra or []))
 
 
+#: config folders renamed to their command's name; an old path gets an error naming the new one.
+MOVED_CONFIG_DIRS = {"reasoning": "reason", "vbon": "bon"}
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
+        parts = path.parts
+        for i, part in enumerate(parts[:-1]):
+            if part in MOVED_CONFIG_DIRS and i > 0 and parts[i - 1] == "configs":
+                new = Path(*parts[:i], MOVED_CONFIG_DIRS[part], *parts[i + 1 :])
+                raise DLNError(f"config file {path} does not exist: {part}/ configs moved to {new}")
         raise DLNError(f"config file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dln.backward import Example, propose_prompts
 from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
-from dln.meta import Example, propose_prompts
 from dln.scoring import gold_logprobs, label_logprobs, predictions
 from dln.train_config import TrainConfig
 

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from dln import vi
+from dln.backward import Example
 from dln.dln1 import Batch, propose, split_outcomes
 from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
-from dln.meta import Example
 from dln.scoring import gold_logprobs, label_logprobs
 from dln.train_config import TrainConfig
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 from tqdm.auto import tqdm
 
+from dln.backward import Example, with_examples
 from dln.config import dump_yaml
 from dln.data.loading import Task, example_labels, load_task
 from dln.dln1 import Batch, dln1_step
@@ -22,7 +23,6 @@ from dln.dln2 import dln2_step
 from dln.errors import DLNError
 from dln.layers import LanguageLayer
 from dln.lm import LanguageModel, load_model
-from dln.meta import Example, with_examples
 from dln.program import Program
 from dln.rundir import RunDir, Stopwatch
 from dln.train_config import TrainConfig

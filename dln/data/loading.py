@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dln.data.tasks import task_dir
+from dln.data.shipped import task_dir
 from dln.errors import DLNError
 
 REQUIRED = ("input", "target")

@@ -109,3 +109,15 @@ def test_missing_files_and_tasks(tmp_path):
         load_task(train=str(tmp_path / "missing.jsonl"), dev=str(tmp_path / "missing.jsonl"))
     with pytest.raises(DLNError, match="no dev data"):
         load_task(train=jsonl(tmp_path / "t.jsonl", [{"input": "a", "target": "b"}]))
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("configs/reasoning/gone.yaml", "configs/reason/gone.yaml"),
+        ("configs/vbon/gone.yaml", "configs/bon/gone.yaml"),
+    ],
+)
+def test_an_old_config_path_names_the_new_one(old, new):
+    with pytest.raises(DLNError, match=f"moved to {new}"):
+        load_config(TrainConfig, old)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dln.data.tasks import SPLITS, list_tasks, task_dir
+from dln.data.shipped import SPLITS, list_tasks, task_dir
 
 BIG_BENCH = {"navigate", "date_understanding", "logical_deduction", "hyperbaton"}
 TOY = {"topic", "sentiment"}

@@ -4,7 +4,7 @@ Each line is `{"input": str, "target": str, "labels": [str, ...]}` with `target`
 `dln/data/tasks/README.md` for the sources, label sets and split recipes.
 
 Example:
-    >>> from dln.data.tasks import list_tasks, task_dir
+    >>> from dln.data.shipped import list_tasks, task_dir
     >>> "navigate" in list_tasks()
     True
     >>> (task_dir("navigate") / "test.jsonl").is_file()

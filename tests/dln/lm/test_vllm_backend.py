@@ -1,7 +1,7 @@
 """The vLLM backend against itself and against `hf:` (same tokens, same scores).
 
 Runs where vllm is importable (the CPU build lives in its own venv, `make vllm-venv`):
-    .venv-vllm/bin/python -m pytest -m vllm tests/dln/test_vllm_backend.py -q
+    .venv-vllm/bin/python -m pytest -m vllm tests/dln/lm/test_vllm_backend.py -q
 One engine serves the whole module: starting it takes ~35 s on a 2-core CPU.
 """
 
