@@ -86,34 +86,18 @@ def dln2_step(
         "hidden_length": float(np.mean([len(t.split()) for t in texts])),
     }
 
-    # π2: candidates see the minibatch with its most probable hidden text
     best_k = weights.argmax(axis=1)
     best_hidden = [texts[i * k + j] for i, j in enumerate(best_k)]
     predicted = [
         labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))
     ]
-    successes, errors = split_outcomes(batch, predicted, best_hidden)
-    proposals = propose(backward, config, output.prompt, successes, errors, labels, seed)
-    scores2 = weighted_objective(log_p_y[None, :], weights).tolist()
-    if proposals:
-        per = label_logprobs(output, model, proposals, flat.inputs, flat.label_sets, texts)
-        scores2 += weighted_objective(gold_logprobs(per, flat.targets, flat.label_sets), weights).tolist()
-    best2 = int(np.argmax(scores2))
-    output.prompt = ([output.prompt] + proposals)[best2]
-
-    # π1: candidates should make the posterior's good hidden texts likely from x alone
+    scores2, best2 = update_output(
+        output, model, backward, batch, config, labels, seed, best_hidden, predicted, log_p_y, weights, texts
+    )
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
-    proposals = propose(backward, config, hidden.prompt, shown, [], [], seed + 1)
-    scores1 = weighted_objective(log_p_h[None, :], weights).tolist()
-    for prompt in proposals:
-        candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
-        drift = abs(float(candidate_log_p.mean() - log_p_h.mean()))
-        scores1.append(
-            float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift
-        )
-    best1 = int(np.argmax(scores1))
-    hidden.prompt = ([hidden.prompt] + proposals)[best1]
-
+    scores1, best1 = update_hidden(
+        hidden, model, backward, batch, config, seed, shown, log_p_h, weights, texts
+    )
     metrics.update(
         {
             "objective": scores2[best2],
@@ -124,3 +108,39 @@ def dln2_step(
         }
     )
     return metrics
+
+
+def update_output(
+    output, model, backward, batch, config, labels, seed, best_hidden, predicted, log_p_y, weights, texts
+) -> tuple[list[float], int]:
+    """π2: candidates see the minibatch with its most probable hidden text; each is scored by the
+    posterior-weighted log p(y | x, h) over all K hidden texts. Returns (scores, index of the best)."""
+    flat = repeat(batch, config.num_hidden_samples)
+    successes, errors = split_outcomes(batch, predicted, best_hidden)
+    proposals = propose(backward, config, output.prompt, successes, errors, labels, seed)
+    scores = weighted_objective(log_p_y[None, :], weights).tolist()
+    if proposals:
+        per = label_logprobs(output, model, proposals, flat.inputs, flat.label_sets, texts)
+        scores += weighted_objective(gold_logprobs(per, flat.targets, flat.label_sets), weights).tolist()
+    best = int(np.argmax(scores))
+    output.prompt = ([output.prompt] + proposals)[best]
+    return scores, best
+
+
+def update_hidden(
+    hidden, model, backward, batch, config, seed, shown, log_p_h, weights, texts
+) -> tuple[list[float], int]:
+    """π1: candidates should make the posterior's good hidden texts likely from x alone: the weighted
+    log p(h | x) minus `logp_penalty` x its drift from the current prompt's (a trust region)."""
+    flat = repeat(batch, config.num_hidden_samples)
+    proposals = propose(backward, config, hidden.prompt, shown, [], [], seed + 1)
+    scores = weighted_objective(log_p_h[None, :], weights).tolist()
+    for prompt in proposals:
+        candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
+        drift = abs(float(candidate_log_p.mean() - log_p_h.mean()))
+        scores.append(
+            float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift
+        )
+    best = int(np.argmax(scores))
+    hidden.prompt = ([hidden.prompt] + proposals)[best]
+    return scores, best

@@ -146,24 +146,14 @@ class PromptTrainer:
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> Program:
+        """Train (resuming from the checkpoint), restore the best prompt seen on dev, save the program."""
         config = self.config
         resuming = self.run.start(dump_yaml(config))
         state = self.run.load_checkpoint() if resuming else None
         clock = Stopwatch(state.get("seconds", 0.0) if state else 0.0)
-        if state is None:
-            prompts = self.initial_prompts()
-            dev = self.dev_accuracy(prompts)
-            state = {
-                "iteration": 0,
-                "prompts": prompts,
-                "best": {"prompts": prompts, "dev_accuracy": dev, "iteration": 0},
-                "seconds": clock.total(),
-            }
-            self.run.log({"iteration": 0, "dev_accuracy": dev, "seconds": state["seconds"]})
-            self.run.save_checkpoint(state)
+        state = state or self._initial_state(clock)
         iterations = config.iterations if config.method in ("dln1", "dln2") else 0
         layers = self.program(state["prompts"])
-        train_targets = list(self.task.train["target"])
         bar = tqdm(
             total=iterations,
             initial=state["iteration"],
@@ -173,26 +163,7 @@ class PromptTrainer:
         )
         bar.set_postfix(dev=f"{state['best']['dev_accuracy']:.3f}")
         for iteration in range(state["iteration"] + 1, iterations + 1):
-            rng = random.Random(f"{config.seed}-{iteration}")
-            batch = split_batch(
-                self.task.train, self.task.labels, balanced_minibatch(train_targets, config.batch_size, rng)
-            )
-            seed = config.seed * 100_003 + iteration
-            if config.method == "dln1":
-                metrics = dln1_step(
-                    layers.output, self.model, self.backward, batch, config, self.task.labels, seed
-                )
-            else:
-                metrics = dln2_step(
-                    layers.hidden,
-                    layers.output,
-                    self.model,
-                    self.backward,
-                    batch,
-                    config,
-                    self.task.labels,
-                    seed,
-                )
+            metrics = self._step(layers, iteration)
             prompts = {
                 "output": layers.output.prompt,
                 "hidden": layers.hidden.prompt if layers.hidden else None,
@@ -216,6 +187,38 @@ class PromptTrainer:
                 dev=f"{record.get('dev_accuracy', float('nan')):.3f}",
                 best=f"{state['best']['dev_accuracy']:.3f}",
             )
+        return self._finish(bar, state)
+
+    def _initial_state(self, clock: Stopwatch) -> dict:
+        """Iteration 0: the initial prompts and their dev accuracy, logged and checkpointed."""
+        prompts = self.initial_prompts()
+        dev = self.dev_accuracy(prompts)
+        state = {
+            "iteration": 0,
+            "prompts": prompts,
+            "best": {"prompts": prompts, "dev_accuracy": dev, "iteration": 0},
+            "seconds": clock.total(),
+        }
+        self.run.log({"iteration": 0, "dev_accuracy": dev, "seconds": state["seconds"]})
+        self.run.save_checkpoint(state)
+        return state
+
+    def _step(self, layers: Program, iteration: int) -> dict:
+        """One DLN-1 or DLN-2 update of `layers` on the class-balanced minibatch of this iteration."""
+        config = self.config
+        rng = random.Random(f"{config.seed}-{iteration}")
+        train_targets = list(self.task.train["target"])
+        batch = split_batch(
+            self.task.train, self.task.labels, balanced_minibatch(train_targets, config.batch_size, rng)
+        )
+        seed = config.seed * 100_003 + iteration
+        if config.method == "dln1":
+            return dln1_step(layers.output, self.model, self.backward, batch, config, self.task.labels, seed)
+        return dln2_step(
+            layers.hidden, layers.output, self.model, self.backward, batch, config, self.task.labels, seed
+        )
+
+    def _finish(self, bar, state: dict) -> Program:
         bar.close()
         program = self.program(state["best"]["prompts"])  # restore the best prompt seen on dev
         program.metadata.update(

@@ -10,6 +10,11 @@ from dln.errors import DLNError
 
 
 def register(subparsers) -> None:
+    for add in (register_generate, register_score, register_classify, register_prepare):
+        add(subparsers)
+
+
+def register_generate(subparsers) -> None:
     from dln.cli import HelpFormatter
 
     gen = subparsers.add_parser(
@@ -30,6 +35,10 @@ def register(subparsers) -> None:
     gen.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     gen.add_argument("--seed", type=int, default=None, help="makes sampling reproducible per prompt")
     gen.set_defaults(handler=run_generate)
+
+
+def register_score(subparsers) -> None:
+    from dln.cli import HelpFormatter
 
     score = subparsers.add_parser(
         "score",
@@ -52,6 +61,10 @@ def register(subparsers) -> None:
     )
     score.set_defaults(handler=run_score)
 
+
+def register_classify(subparsers) -> None:
+    from dln.cli import HelpFormatter
+
     classify = subparsers.add_parser(
         "classify",
         formatter_class=HelpFormatter,
@@ -72,6 +85,10 @@ def register(subparsers) -> None:
         "--chat", action="store_true", help="send each text prompt as one user chat message"
     )
     classify.set_defaults(handler=run_classify)
+
+
+def register_prepare(subparsers) -> None:
+    from dln.cli import HelpFormatter
 
     prepare = subparsers.add_parser(
         "prepare",
