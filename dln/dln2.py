@@ -30,21 +30,28 @@ POSTERIOR_TEMPLATE = "{{ prompt }}\n\n{{ input }}\n\nThe correct answer is: {{ t
 
 def sample_posterior(
     hidden: LanguageLayer, model: LanguageModel, batch: Batch, config: TrainConfig, seed: int
-):
-    """K hidden texts per example from q(h | x, y), with their log q; flattened example-major (B*K)."""
+) -> tuple[list[str], list[tuple[int, ...]], np.ndarray]:
+    """K hidden texts per example from q(h | x, y): their text, exact token ids and log q; flattened
+    example-major (B*K).
+
+    log q is the density of the ids drawn under the distribution that drew them (`hidden_temperature`,
+    end token included), from the backend's `sample`; scoring the decoded text again at T = 1 would weight
+    the samples of one distribution by the density of another (the bias this replaces). The text passed on
+    to the output layer is stripped ("(empty)" for nothing): a deterministic function of h, which leaves the
+    weights exact.
+    """
     posterior = LanguageLayer(prompt=hidden.prompt, template=POSTERIOR_TEMPLATE, chat=hidden.chat)
     contexts = [posterior.render(x, target=y) for x, y in zip(batch.inputs, batch.targets)]
-    samples = model.generate(
+    samples = model.sample(
         contexts,
         n=config.num_hidden_samples,
         temperature=config.hidden_temperature,
         max_tokens=config.hidden_max_tokens,
         seed=seed,
     )
-    texts = [s.strip() or "(empty)" for row in samples for s in row]
-    repeated = [c for c in contexts for _ in range(config.num_hidden_samples)]
-    log_q = np.array([sum(s) for s in model.score(repeated, [hidden.label_text(t) for t in texts])])
-    return texts, log_q
+    flat = [s for row in samples for s in row]
+    texts = [s.text.strip() or "(empty)" for s in flat]
+    return texts, [s.token_ids for s in flat], np.array([s.logprob for s in flat], dtype=np.float64)
 
 
 def repeat(batch: Batch, k: int) -> Batch:
@@ -60,6 +67,17 @@ def weighted_objective(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (values.reshape(values.shape[0], *weights.shape) * weights).sum(axis=2).mean(axis=1)
 
 
+def log_weights(log_p_y, log_p_h, log_q, ids, kind: str = "exact") -> np.ndarray:
+    """log w = log p(y | x, h) + log p(h | x) - log q(h | x, y) (`exact`: the ELBO and the multi-sample
+    bound are bounds on log p(y | x)); `per_token` divides the h terms by h's token count, as the
+    reference code does: it keeps a 48-token log p(h | x) from swamping log p(y | x, h), which would make
+    the weights an argmax (ESS ~ 1), but it is a heuristic and the logged bounds are then not bounds."""
+    if kind == "per_token":
+        lengths = np.array([max(1, len(t)) for t in ids], dtype=np.float64)
+        return log_p_y + (log_p_h - log_q) / lengths
+    return log_p_y + log_p_h - log_q
+
+
 def dln2_step(
     hidden: LanguageLayer,
     output: LanguageLayer,
@@ -72,17 +90,21 @@ def dln2_step(
 ) -> dict:
     """Update both layers' prompts in place; return the iteration's metrics."""
     k = config.num_hidden_samples
-    texts, log_q = sample_posterior(hidden, model, batch, config, seed)
+    texts, ids, log_q = sample_posterior(hidden, model, batch, config, seed)
     flat = repeat(batch, k)
-    log_p_h = hidden.log_p(model, flat.inputs, texts)
+    log_p_h = hidden.log_p_ids(model, flat.inputs, ids)
     (rows,) = label_logprobs(output, model, [output.prompt], flat.inputs, flat.label_sets, texts)
     log_p_y = gold_logprobs([rows], flat.targets, flat.label_sets)[0]
-    log_w = torch.tensor(log_p_y + log_p_h - log_q).reshape(len(batch.inputs), k)  # (B, K)
+    log_w = torch.tensor(log_weights(log_p_y, log_p_h, log_q, ids, config.hidden_weights))
+    log_w = log_w.reshape(len(batch.inputs), k)  # (B, K)
     weights = vi.normalized_weights(log_w, temperature=config.posterior_temperature).numpy()
+    ess = vi.effective_sample_size(log_w)  # (B,): near 1 when one hidden text takes all the weight
     metrics = {
         "elbo": float(vi.elbo(log_w).mean()),
         "iw_bound": float(vi.iw_bound(log_w).mean()),
-        "ess": float(vi.effective_sample_size(log_w).mean()),
+        "ess": float(ess.mean()),
+        "ess_min": float(ess.min()),
+        "ess_max": float(ess.max()),
         "hidden_length": float(np.mean([len(t.split()) for t in texts])),
     }
 
@@ -95,9 +117,7 @@ def dln2_step(
         output, model, backward, batch, config, labels, seed, best_hidden, predicted, log_p_y, weights, texts
     )
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
-    scores1, best1 = update_hidden(
-        hidden, model, backward, batch, config, seed, shown, log_p_h, weights, texts
-    )
+    scores1, best1 = update_hidden(hidden, model, backward, batch, config, seed, shown, log_p_h, weights, ids)
     metrics.update(
         {
             "objective": scores2[best2],
@@ -128,7 +148,7 @@ def update_output(
 
 
 def update_hidden(
-    hidden, model, backward, batch, config, seed, shown, log_p_h, weights, texts
+    hidden, model, backward, batch, config, seed, shown, log_p_h, weights, ids
 ) -> tuple[list[float], int]:
     """π1: candidates should make the posterior's good hidden texts likely from x alone: the weighted
     log p(h | x) minus `logp_penalty` x its drift from the current prompt's (a trust region)."""
@@ -136,7 +156,7 @@ def update_hidden(
     proposals = propose(backward, config, hidden.prompt, shown, [], [], seed + 1)
     scores = weighted_objective(log_p_h[None, :], weights).tolist()
     for prompt in proposals:
-        candidate_log_p = hidden.log_p(model, flat.inputs, texts, prompt=prompt)
+        candidate_log_p = hidden.log_p_ids(model, flat.inputs, ids, prompt=prompt)
         drift = abs(float(candidate_log_p.mean() - log_p_h.mean()))
         scores.append(
             float(weighted_objective(candidate_log_p[None, :], weights)[0]) - config.logp_penalty * drift

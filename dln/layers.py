@@ -90,6 +90,18 @@ class LanguageLayer:
         scores = model.score(self._render_all(inputs, prompt, hidden), [self.label_text(y) for y in outputs])
         return np.array([sum(s) for s in scores], dtype=np.float64)
 
+    def log_p_ids(
+        self,
+        model: LanguageModel,
+        inputs: Sequence[str],
+        ids: Sequence[Sequence[int]],
+        *,
+        prompt: str | None = None,
+    ) -> np.ndarray:
+        """log p(ids | F(x, π)) of exact token ids (a sampled hidden text), summed: (len(inputs),)."""
+        scores = model.score_ids(self._render_all(inputs, prompt, None), ids)
+        return np.array([sum(s) for s in scores], dtype=np.float64)
+
     def label_text(self, label: str) -> str:
         """A chat reply starts the assistant turn; a raw completion needs the separating space."""
         return label if self.chat else " " + label

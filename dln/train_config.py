@@ -80,6 +80,11 @@ class TrainConfig:
     hidden_max_tokens: int = _help("DLN-2: length cap of a hidden text", 48)
     hidden_temperature: float = _help("DLN-2: sampling temperature of q(h | x, y)", 0.7)
     posterior_temperature: float = _help("DLN-2: temperature of the posterior weights softmax", 1.0)
+    hidden_weights: str = _help(
+        "DLN-2 log-weights: exact (log p(y|x,h) + log p(h|x) - log q(h|x,y); ELBO and bound are bounds) | "
+        "per_token (the reference code's: the h terms divided by h's length; a heuristic, not a bound)",
+        "exact",
+    )
     logp_penalty: float = _help(
         "DLN-2: trust region, subtract this x |log p(h|x, new) - log p(h|x, old)|", 0.0
     )
@@ -87,6 +92,8 @@ class TrainConfig:
     icl_shots: int = _help("icl: examples from the train split put in the prompt", 5)
 
     def __post_init__(self) -> None:
+        if self.hidden_weights not in ("exact", "per_token"):
+            raise DLNError(f"hidden_weights must be exact or per_token, got {self.hidden_weights!r}")
         if self.method not in METHODS:
             raise DLNError(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
         if self.preset is not None and self.preset not in PRESETS:

@@ -50,6 +50,17 @@ class SamplingOptions:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True)
+class ScoredSample:
+    """One sample with the exact token ids drawn and its log-probability under the distribution that drew
+    them: log q(ids | prompt) = Σ_t log softmax(top_p_filter(logits_t / T))[id_t], the end-of-sequence
+    token included when the model stopped (so the probability of stopping there counts)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprob: float
+
+
 class LanguageModel(ABC):
     """`generate` samples text, `score` returns token log-probs, `classify` is derived from `score`."""
 
@@ -86,6 +97,55 @@ class LanguageModel(ABC):
                 f"{len(continuations)} continuations"
             )
         return self._score(list(contexts), list(continuations))
+
+    def sample(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        seed: int | None = None,
+    ) -> list[list[ScoredSample]]:
+        """`n` samples per prompt with their token ids and exact log-probs under the sampling distribution.
+
+        An importance weight needs log q of the very sample drawn: scoring the decoded text again (at T = 1,
+        after re-tokenising) gives the density of another distribution. Greedy samples (T = 0) have log q 0.
+        """
+        if not 0 < top_p <= 1:
+            from dln.errors import DLNError
+
+            raise DLNError(f"top_p must be in (0, 1], got {top_p}")
+        options = SamplingOptions(n, float(temperature), int(max_tokens), (), seed)
+        return self._sample(list(prompts), options, float(top_p))
+
+    def score_ids(
+        self, contexts: Sequence[Prompt], continuations: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """Per-token log p(id | context, earlier ids) of id continuations (`ScoredSample.token_ids`)."""
+        if len(contexts) != len(continuations):
+            from dln.errors import DLNError
+
+            raise DLNError(
+                f"score_ids needs one continuation per context, got {len(contexts)} and {len(continuations)}"
+            )
+        return self._score_ids(list(contexts), [list(c) for c in continuations])
+
+    def _sample(
+        self, prompts: list[Prompt], options: SamplingOptions, top_p: float
+    ) -> list[list[ScoredSample]]:
+        from dln.errors import DLNError
+
+        raise DLNError(
+            f"{self.uri} cannot return the token ids it sampled with their log-probs, which importance "
+            f"weights (DLN-2's hidden layer) need; use an hf: model for this job"
+        )
+
+    def _score_ids(self, contexts: list[Prompt], continuations: list[list[int]]) -> list[list[float]]:
+        from dln.errors import DLNError
+
+        raise DLNError(f"{self.uri} cannot score token ids; use an hf: model for this job")
 
     def classify(self, prompts: Sequence[Prompt], labels: Sequence[str]) -> np.ndarray:
         """log p(label | prompt) normalised over the label set: an array (len(prompts), len(labels)).

@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dln.errors import DLNError
-from dln.lm.base import LanguageModel, Prompt, SamplingOptions
+from dln.lm.base import LanguageModel, Prompt, SamplingOptions, ScoredSample
 
 _SQL_CHUNK = 500  # stay under sqlite's limit on bound parameters
 
@@ -113,6 +113,37 @@ class CachedLanguageModel(LanguageModel):
         pairs = list(zip(contexts, continuations))
         return self._through_cache(
             keys, pairs, lambda missing: self.inner._score([c for c, _ in missing], [x for _, x in missing])
+        )
+
+    def _sample(
+        self, prompts: list[Prompt], options: SamplingOptions, top_p: float
+    ) -> list[list[ScoredSample]]:
+        if not options.greedy and options.seed is None and not self.cache_unseeded_samples:
+            return self.inner._sample(prompts, options, top_p)
+        sampling = asdict(options)
+        keys = [
+            request_key(uri=self.uri, method="sample", prompt=p, top_p=top_p, **sampling) for p in prompts
+        ]
+        rows = self._through_cache(
+            keys,
+            prompts,
+            lambda missing: [
+                [[s.text, list(s.token_ids), s.logprob] for s in row]
+                for row in self.inner._sample(missing, options, top_p)
+            ],
+        )
+        return [[ScoredSample(text, tuple(ids), lp) for text, ids, lp in row] for row in rows]
+
+    def _score_ids(self, contexts: list[Prompt], continuations: list[list[int]]) -> list[list[float]]:
+        keys = [
+            request_key(uri=self.uri, method="score_ids", context=c, continuation=x)
+            for c, x in zip(contexts, continuations)
+        ]
+        pairs = list(zip(contexts, continuations))
+        return self._through_cache(
+            keys,
+            pairs,
+            lambda missing: self.inner._score_ids([c for c, _ in missing], [x for _, x in missing]),
         )
 
     def _through_cache(self, keys: list[str], requests: list, compute: Callable[[list], list]) -> list:

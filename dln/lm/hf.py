@@ -16,7 +16,7 @@ import torch
 
 from dln.errors import DLNError
 from dln.lm import sampling, tokens
-from dln.lm.base import LanguageModel, Prompt, SamplingOptions, truncate_at_stop
+from dln.lm.base import LanguageModel, Prompt, SamplingOptions, ScoredSample, truncate_at_stop
 from dln.lm.paths import adapter_version, load_tokenizer, resolve_model_path
 
 
@@ -92,9 +92,52 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         return [texts[i * sequences : (i + 1) * sequences] * copies for i in range(len(encoded))]
 
     # -- scoring -------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
-        continuation_ids = [self.encode_continuation(c) for c in continuations]
+        return self._score_ids(contexts, [self.encode_continuation(c) for c in continuations])
+
+    def _sample(
+        self, prompts: list[Prompt], options: SamplingOptions, top_p: float
+    ) -> list[list[ScoredSample]]:
+        """Samples by the one sampling rule, scored on their own ids under the distribution that drew them."""
+        encoded = [self.encode_prompt(p) for p in prompts]
+        rows: list[list[int]] = []
+        for chunk in _chunks(encoded, self.batch_size):
+            new, per_prompt = sampling.sample_ids(
+                self.model,
+                self.tokenizer,
+                chunk,
+                n=options.n,
+                temperature=options.temperature,
+                top_p=top_p,
+                max_new_tokens=options.max_tokens,
+                seed=options.seed,
+            )
+            rows += [
+                row
+                for i in range(len(chunk))
+                for row in new[i * per_prompt : (i + 1) * per_prompt] * (options.n // per_prompt)
+            ]
+        contexts = [p for p in prompts for _ in range(options.n)]
+        if options.greedy:
+            logprobs = [0.0] * len(rows)  # a point mass
+        else:
+            tokens_logp = self._score_ids(contexts, rows, options.temperature, top_p)
+            logprobs = [float(sum(t)) for t in tokens_logp]
+        samples = [
+            ScoredSample(self.tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), lp)
+            for ids, lp in zip(rows, logprobs)
+        ]
+        return [samples[i * options.n : (i + 1) * options.n] for i in range(len(prompts))]
+
+    @torch.inference_mode()
+    def _score_ids(
+        self,
+        contexts: list[Prompt],
+        continuation_ids: list[list[int]],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> list[list[float]]:
+        """Token log-probs of id continuations under softmax(top_p_filter(logits / T)) (T = 1: the model)."""
         context_ids: dict[str, list[int]] = {}
         pairs_of: dict[str, list[int]] = {}  # distinct context -> the pairs (with a continuation) that use it
         for i, context in enumerate(contexts):
@@ -105,7 +148,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             if continuation_ids[i]:
                 pairs_of[key].append(i)
 
-        results: list[list[float]] = [[] for _ in continuations]
+        results: list[list[float]] = [[] for _ in continuation_ids]
         keys = list(context_ids)
         for key_chunk in _chunks(keys, self.batch_size):
             # each pair of this chunk -> the row of its context in the chunk
@@ -113,30 +156,36 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             pairs = sorted(row_of)
             if not pairs:
                 continue
-            cache, first_logprobs, lengths, mask = self._encode_contexts([context_ids[k] for k in key_chunk])
+            cache, first_logits, lengths, mask = self._encode_contexts([context_ids[k] for k in key_chunk])
             for pair_chunk in _chunks(pairs, self.pair_batch_size):
                 index = torch.tensor([row_of[i] for i in pair_chunk], device=self.device)
                 scores = self._score_continuations(
-                    cache, first_logprobs, lengths, mask, index, [continuation_ids[i] for i in pair_chunk]
+                    cache,
+                    first_logits,
+                    lengths,
+                    mask,
+                    index,
+                    [continuation_ids[i] for i in pair_chunk],
+                    (temperature, top_p),
                 )
                 for i, row in zip(pair_chunk, scores):
                     results[i] = row
         return results
 
     def _encode_contexts(self, rows: list[list[int]]):
-        """Run the contexts once: their cache, the log-probs of the token after each, their lengths."""
+        """Run the contexts once: their cache, the logits of the token after each, their lengths."""
         input_ids, mask = self.pad(rows, side="right")  # (C, Lc)
         lengths = mask.sum(dim=1)  # (C,)
         out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=True)
         last_hidden = out.last_hidden_state[
             torch.arange(len(rows), device=self.device), lengths - 1
         ]  # (C, H)
-        first_logprobs = torch.log_softmax(self.model.get_output_embeddings()(last_hidden).float(), dim=-1)
+        first_logits = self.model.get_output_embeddings()(last_hidden).float()
         cache = getattr(out, "cache", None) or out.past_key_values
-        return cache, first_logprobs, lengths, mask  # first_logprobs: (C, V)
+        return cache, first_logits, lengths, mask  # first_logits: (C, V)
 
     def _score_continuations(
-        self, cache, first_logprobs, lengths, context_mask, index, rows
+        self, cache, first_logits, lengths, context_mask, index, rows, density=(1.0, 1.0)
     ) -> list[list[float]]:
         """Feed continuation tokens on top of the cached context rows `index` (one per pair)."""
         cont_ids, cont_mask = self.pad(rows, side="right")  # (P, T)
@@ -150,10 +199,11 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             **{self._cache_argument: _select_cache(cache, index)},
         )
         # token t of the continuation is predicted by the context's last position (t=0) or by token t-1.
-        logprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (P, T-1, V)
-        first = first_logprobs[index].gather(1, cont_ids[:, :1])  # (P, 1)
-        rest = logprobs.gather(2, cont_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (P, T-1)
-        token_logprobs = torch.cat([first, rest], dim=1).cpu().tolist()
+        logits = torch.cat([first_logits[index].unsqueeze(1), out.logits[:, :-1].float()], dim=1)  # (P, T, V)
+        if density != (1.0, 1.0):
+            logits = sampling.sampling_logits(logits, *density)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        token_logprobs = logprobs.gather(2, cont_ids.unsqueeze(-1)).squeeze(-1).cpu().tolist()  # (P, T)
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
 
 

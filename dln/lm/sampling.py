@@ -74,6 +74,19 @@ def seeded(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
+def sampling_logits(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """The logits whose softmax is the sampling distribution: top_p_filter(scores / T), (..., V).
+
+    The one definition of the density a sample was drawn from (`PerPromptSampler` draws from it, the `hf:`
+    backend's `sample` scores with it); transformers' own warpers, so unseeded `generate` matches it too.
+    """
+    shape = scores.shape
+    scores = scores.reshape(-1, shape[-1]).float() / temperature
+    if top_p < 1.0:
+        scores = TopPLogitsWarper(top_p)(None, scores)
+    return scores.reshape(shape)
+
+
 class PerPromptSampler(LogitsProcessor):
     """Samples the next token of each prompt's block of rows from that prompt's own generator.
 
@@ -87,14 +100,11 @@ class PerPromptSampler(LogitsProcessor):
     ) -> None:
         self.rows = rows_per_prompt
         self.temperature = temperature
-        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.top_p = top_p
         self.generators = [torch.Generator(device).manual_seed(seed) for _ in range(prompts)]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores / self.temperature
-        if self.top_p is not None:
-            scores = self.top_p(input_ids, scores)
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(sampling_logits(scores, self.temperature, self.top_p), dim=-1)
         picked = torch.cat(
             [
                 torch.multinomial(probs[i * self.rows : (i + 1) * self.rows], 1, generator=generator)

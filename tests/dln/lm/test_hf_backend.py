@@ -176,3 +176,26 @@ def test_seeded_top_p_batch_draws_what_transformers_draws_per_prompt(hf_model):
         expected = [[t for t in row if t != tok.pad_token_id] for row in out[:, x.shape[1] :].tolist()]
         got = [[t for t in row if t != tok.pad_token_id] for row in rows[2 * i : 2 * i + 2]]
         assert got == expected
+
+
+def test_sample_returns_the_drawn_ids_with_their_log_prob_under_the_sampling_distribution(hf_model):
+    """log q must be the tempered (and top-p) density of the exact ids drawn, EOS included."""
+    from dln.lm.sampling import sampling_logits
+
+    prompt = "Once upon a time"
+    samples = hf_model.sample([prompt], n=3, temperature=0.7, top_p=0.9, max_tokens=10, seed=3)[0]
+    plain = hf_model.sample([prompt], n=3, temperature=0.7, max_tokens=10, seed=3)[0]
+    assert [s.text for s in plain] == hf_model.generate(
+        [prompt], n=3, temperature=0.7, max_tokens=10, seed=3
+    )[0]
+    prompt_ids = hf_model.encode_prompt(prompt)
+    for s in samples:
+        ids = torch.tensor([prompt_ids + list(s.token_ids)])
+        with torch.no_grad():
+            logits = hf_model.model(ids).logits[0, len(prompt_ids) - 1 : -1].float()  # predicts each new id
+        expected = torch.log_softmax(sampling_logits(logits, 0.7, 0.9), -1)
+        expected = expected.gather(1, torch.tensor(s.token_ids)[:, None]).sum().item()
+        assert s.logprob == pytest.approx(expected, abs=1e-3)
+        untempered = sum(hf_model.score_ids([prompt], [s.token_ids])[0])
+        assert abs(untempered - s.logprob) > 1e-2  # T = 1 is another density
+        assert s.text == hf_model.tokenizer.decode(list(s.token_ids), skip_special_tokens=True)
