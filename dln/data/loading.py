@@ -52,7 +52,16 @@ def load_task(
     for split, path in files.items():
         if splits[split] is not None:
             check_targets(splits[split], labels, path)
-    return Task(name or Path(files["train"]).stem, splits["train"], splits["dev"], splits["test"], labels)
+    return Task(
+        name or user_task_name(files["train"]), splits["train"], splits["dev"], splits["test"], labels
+    )
+
+
+def user_task_name(path: str) -> str:
+    """A user task's name: its directory's name when the files are called after their split
+    (`mytask/train.jsonl` -> `mytask`), else the file's stem (`reviews_train.jsonl` -> `reviews_train`)."""
+    file = Path(path)
+    return file.parent.resolve().name if file.stem in ("train", "dev", "test") else file.stem
 
 
 def read_split(path: str):

@@ -121,3 +121,15 @@ def test_missing_files_and_tasks(tmp_path):
 def test_an_old_config_path_names_the_new_one(old, new):
     with pytest.raises(DLNError, match=f"moved to {new}"):
         load_config(TrainConfig, old)
+
+
+def test_a_user_task_is_named_after_its_directory_when_its_files_are_named_after_splits(tmp_path):
+    rows = [{"input": "2+2?", "target": "B", "labels": ["A", "B"]}]
+    (tmp_path / "reviews").mkdir()
+    named = load_task(
+        train=jsonl(tmp_path / "reviews" / "train.jsonl", rows), dev=jsonl(tmp_path / "d.jsonl", rows)
+    )
+    assert named.name == "reviews"
+    assert load_task(
+        train=jsonl(tmp_path / "mine_train.jsonl", rows), dev=jsonl(tmp_path / "d.jsonl", rows)
+    ).name == ("mine_train")
