@@ -34,11 +34,21 @@ def finished_record(out: Path, test_limit: int) -> dict | None:
     return record if record["test_limit"] == test_limit else None
 
 
-def run_one(model, task: str, method: str, seed: int, preset: str, test_limit: int, out: Path) -> dict:
+def run_one(
+    model,
+    task: str,
+    method: str,
+    seed: int,
+    preset: str,
+    test_limit: int,
+    out: Path,
+    keys: dict | None = None,
+) -> dict:
     """Train (or resume) one run and measure its test accuracy; bench.json keeps both with the wall time."""
     config_dir = "dln2" if method == "dln2" else "dln1"
     values = apply_preset(
-        read_yaml(f"configs/{config_dir}/{task}.yaml"), {"preset": preset, "method": method, "seed": seed}
+        read_yaml(f"configs/{config_dir}/{task}.yaml"),
+        {"preset": preset, "method": method, "seed": seed, **(keys or {})},
     )
     config = build_config(TrainConfig, values)
     trainer = PromptTrainer(config, str(out), model=model, progress=False)
@@ -73,6 +83,13 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[13, 42, 25])
     parser.add_argument("--preset", default="light")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for every run (e.g. held_out_ranking=true); use its own --out",
+    )
     parser.add_argument("--test-limit", type=int, default=0, help="first N test examples (0: all)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument(
@@ -80,6 +97,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    keys = dict(item.split("=", 1) for item in args.set)
     model = None if args.report else load_model("hf:default")
     rows = []
     for task in args.tasks:
@@ -90,7 +108,7 @@ def main() -> None:
             if not args.report:
                 for seed, out in outs.items():
                     records[seed] = records[seed] or run_one(
-                        model, task, method, seed, args.preset, args.test_limit, out
+                        model, task, method, seed, args.preset, args.test_limit, out, keys
                     )
             done = {seed: r for seed, r in records.items() if r is not None}
             if not done:

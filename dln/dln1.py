@@ -75,23 +75,51 @@ def dln1_step(
     config: TrainConfig,
     labels: list[str],
     seed: int,
-    hidden: list[str] | None = None,
+    memory: list[str] | None = None,
 ) -> dict:
-    """Update `layer.prompt` in place; return the iteration's metrics."""
+    """Update `layer.prompt` in place; return the iteration's metrics.
+
+    Candidates: the current prompt, the remembered prompts (`memory`: the best earlier prompts on dev), and
+    N-1 proposals written from the successes and errors of `propose_half`. They are ranked on
+    `rank_half` — the other half of the minibatch with `held_out_ranking`, else the same examples — by
+    `select_by`: `loglik` (mean normalised log p(gold | x)) or `accuracy` with the log-likelihood as the
+    tie-break (a near-chance model can raise the log-likelihood by moving its label bias alone).
+    """
     current = layer.prompt
-    gold_current, predicted = evaluate_prompt(layer, model, current, batch, hidden)
-    successes, errors = split_outcomes(batch, predicted, hidden)
+    propose_half, rank_half = split_for_ranking(batch, config.held_out_ranking)
+    gold_current, predicted = evaluate_prompt(layer, model, current, propose_half)
+    successes, errors = split_outcomes(propose_half, predicted)
     proposals = propose(backward, config, current, successes, errors, labels, seed)
-    scores = [float(gold_current.mean())]
-    if proposals:
-        per_example = label_logprobs(layer, model, proposals, batch.inputs, batch.label_sets, hidden)
-        scores += gold_logprobs(per_example, batch.targets, batch.label_sets).mean(axis=1).tolist()
-    best = int(np.argmax(scores))  # ties keep the current prompt (index 0)
-    layer.prompt = ([current] + proposals)[best]
+    remembered = [m for m in (memory or []) if m != current and m not in proposals]
+    candidates = [current] + remembered + proposals
+    per_example = label_logprobs(layer, model, candidates, rank_half.inputs, rank_half.label_sets)
+    gold = gold_logprobs(per_example, rank_half.targets, rank_half.label_sets)  # (C, B)
+    loglik = gold.mean(axis=1)
+    accuracy = np.array(
+        [
+            np.mean([p == t for p, t in zip(predictions(rows, rank_half.label_sets), rank_half.targets)])
+            for rows in per_example
+        ]
+    )
+    keys = list(zip(accuracy, loglik)) if config.select_by == "accuracy" else list(loglik)
+    best = max(range(len(candidates)), key=lambda i: (keys[i], -i))  # ties keep the earlier (current) one
+    layer.prompt = candidates[best]
     return {
-        "objective": scores[best],
-        "objective_before": scores[0],
-        "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, batch.targets)])),
-        "candidates": len(scores),
+        "objective": float(loglik[best]),
+        "objective_before": float(loglik[0]),
+        "rank_accuracy": float(accuracy[best]),
+        "rank_accuracy_before": float(accuracy[0]),
+        "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, propose_half.targets)])),
+        "candidates": len(candidates),
+        "remembered": len(remembered),
         "prompt_changed": best != 0,
     }
+
+
+def split_for_ranking(batch: Batch, held_out: bool) -> tuple[Batch, Batch]:
+    """(examples the proposals are written from, examples the candidates are ranked on): the two halves of
+    the minibatch (every other example, so a class-balanced batch gives balanced halves), or it twice."""
+    if not held_out or len(batch.inputs) < 2:
+        return batch, batch
+    halves = [Batch(batch.inputs[h::2], batch.targets[h::2], batch.label_sets[h::2]) for h in (0, 1)]
+    return halves[0], halves[1]

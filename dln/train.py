@@ -74,6 +74,14 @@ def icl_prompt(config: TrainConfig, task: Task) -> str:
     )
 
 
+def remember(state: dict, prompt: str, dev_accuracy: float, size: int) -> None:
+    """Keep the `size` best distinct output prompts seen on dev in `state["memory"]` (DLN-1's candidates
+    from earlier iterations: the paper's `use_memory`, a way back from a bad step)."""
+    kept = [m for m in state.get("memory", []) if m["prompt"] != prompt]
+    kept.append({"prompt": prompt, "dev_accuracy": dev_accuracy})
+    state["memory"] = sorted(kept, key=lambda m: -m["dev_accuracy"])[:size]
+
+
 class PromptTrainer:
     """Trains the program a `TrainConfig` describes into a run directory."""
 
@@ -163,7 +171,7 @@ class PromptTrainer:
         )
         bar.set_postfix(dev=f"{state['best']['dev_accuracy']:.3f}")
         for iteration in range(state["iteration"] + 1, iterations + 1):
-            metrics = self._step(layers, iteration)
+            metrics = self._step(layers, iteration, state)
             prompts = {
                 "output": layers.output.prompt,
                 "hidden": layers.hidden.prompt if layers.hidden else None,
@@ -171,6 +179,7 @@ class PromptTrainer:
             record = {"iteration": iteration, **metrics}
             if iteration % config.eval_every == 0 or iteration == iterations:
                 record["dev_accuracy"] = self.dev_accuracy(prompts)
+                remember(state, prompts["output"], record["dev_accuracy"], config.memory)
                 if record["dev_accuracy"] > state["best"]["dev_accuracy"]:
                     state["best"] = {
                         "prompts": prompts,
@@ -199,11 +208,12 @@ class PromptTrainer:
             "best": {"prompts": prompts, "dev_accuracy": dev, "iteration": 0},
             "seconds": clock.total(),
         }
+        remember(state, prompts["output"], dev, self.config.memory)
         self.run.log({"iteration": 0, "dev_accuracy": dev, "seconds": state["seconds"]})
         self.run.save_checkpoint(state)
         return state
 
-    def _step(self, layers: Program, iteration: int) -> dict:
+    def _step(self, layers: Program, iteration: int, state: dict) -> dict:
         """One DLN-1 or DLN-2 update of `layers` on the class-balanced minibatch of this iteration."""
         config = self.config
         rng = random.Random(f"{config.seed}-{iteration}")
@@ -213,7 +223,10 @@ class PromptTrainer:
         )
         seed = config.seed * 100_003 + iteration
         if config.method == "dln1":
-            return dln1_step(layers.output, self.model, self.backward, batch, config, self.task.labels, seed)
+            memory = [m["prompt"] for m in state.get("memory", [])]
+            return dln1_step(
+                layers.output, self.model, self.backward, batch, config, self.task.labels, seed, memory
+            )
         return dln2_step(
             layers.hidden, layers.output, self.model, self.backward, batch, config, self.task.labels, seed
         )

@@ -80,6 +80,15 @@ class TrainConfig:
     hidden_max_tokens: int = _help("DLN-2: length cap of a hidden text", 48)
     hidden_temperature: float = _help("DLN-2: sampling temperature of q(h | x, y)", 0.7)
     posterior_temperature: float = _help("DLN-2: temperature of the posterior weights softmax", 1.0)
+    held_out_ranking: bool = _help(
+        "DLN-1: write proposals from one half of the minibatch, rank candidates on the other (paper: true)",
+        False,
+    )
+    memory: int = _help("DLN-1: best earlier prompts on dev kept as candidates (paper: 2)", 0)
+    select_by: str = _help(
+        "DLN-1: rank candidates by loglik (mean log p(gold | x)) or accuracy (log-likelihood breaks ties)",
+        "loglik",
+    )
     hidden_weights: str = _help(
         "DLN-2 log-weights: exact (log p(y|x,h) + log p(h|x) - log q(h|x,y); ELBO and bound are bounds) | "
         "per_token (the reference code's: the h terms divided by h's length; a heuristic, not a bound)",
@@ -92,6 +101,10 @@ class TrainConfig:
     icl_shots: int = _help("icl: examples from the train split put in the prompt", 5)
 
     def __post_init__(self) -> None:
+        if self.select_by not in ("loglik", "accuracy"):
+            raise DLNError(f"select_by must be loglik or accuracy, got {self.select_by!r}")
+        if self.memory < 0:
+            raise DLNError(f"memory must be >= 0, got {self.memory}")
         if self.hidden_weights not in ("exact", "per_token"):
             raise DLNError(f"hidden_weights must be exact or per_token, got {self.hidden_weights!r}")
         if self.method not in METHODS:
