@@ -10,6 +10,7 @@ import pytest
 from serve_helpers import start
 
 from dln.errors import DLNError
+from serving.errors import as_openai_error, error_body
 
 LIMIT = 64 * 1024
 OK = {"model": "default", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
@@ -171,3 +172,11 @@ def test_an_error_during_a_stream_has_the_type_and_code_it_has_before_streaming(
     assert during["type"] == "invalid_request_error"
     assert during["message"] == before["message"] == "this model cannot answer that"
     assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_one_mapping_for_every_failure():
+    assert as_openai_error(DLNError("bad")).status_code == 400
+    internal = as_openai_error(ValueError("secret detail"))
+    assert (internal.status_code, internal.type) == (500, "server_error")
+    assert "secret detail" not in internal.message and "ValueError" in internal.message
+    assert error_body(internal)["error"]["type"] == "server_error"
