@@ -3,13 +3,16 @@
 Layout, after vLLM's server:
 
 - `protocol`: the pydantic request/response models (OpenAI's wire format);
-- `serving`, `serving_completion`, `serving_chat`: the serving logic (requests -> engine jobs -> responses);
+- `serving_base`, `serving_completion`, `serving_chat`: the serving logic (requests -> backend jobs ->
+  responses);
 - `routes`: thin FastAPI routes; `middleware`: API key and body-size checks; `errors`: the one mapping of
   failures to OpenAI's error format;
-- `engine`: the HF model work (batched generation with streaming, log-probs); `batcher`: the micro-batcher
-  that groups concurrent requests into one engine call on a single model thread; `vllm_backend`: vLLM's
-  async engine for `vllm:` models;
-- `models`: served names (base model + programs); `rewards`: the Best-of-N rewards;
+- `backends/`: the model side: `jobs` (what a backend takes and returns), `hf_engine` (batched HF
+  generation), `logprobs` (token log-probs), `streaming` (live text), `batcher` (the micro-batcher that
+  groups concurrent requests into one engine call on a single model thread, and `HFBackend`), `vllm`
+  (vLLM's async engine for `vllm:` models);
+- `models`: served names (base model + programs); `reward_registry`: the Best-of-N rewards;
+- `config`: `ServerConfig`, from which `dln serve`'s options are built; `cli`: the `dln serve` command;
 - `app`: `create_app` / `build_app` / `serve`.
 
 Example:
@@ -23,10 +26,11 @@ Example:
     ```
 """
 
-from serving.app import ServerConfig, build_app, create_app, serve
-from serving.batcher import HFBackend, MicroBatcher
+from serving.app import build_app, create_app, serve
+from serving.backends.batcher import HFBackend, MicroBatcher
+from serving.config import ServerConfig
 from serving.models import ModelRegistry
-from serving.rewards import RewardRegistry
+from serving.reward_registry import RewardRegistry
 
 __all__ = [
     "HFBackend",

@@ -1,24 +1,24 @@
-"""The FastAPI application and the `dln serve` entry point.
+"""The FastAPI application: `create_app`, `build_app` and `serve`.
 
 `create_app` wires a backend, the served models and the rewards into an app; `build_app` does it from a
-`ServerConfig` (model URI, `NAME=path` programs, `NAME=DIR[@S]` TFB adapters, `NAME=module:function`
-rewards); `serve` runs it under uvicorn. Backends: `hf:` models get the micro-batched HF engine (`batcher`);
-a `vllm:` model uses vLLM's async engine (continuous batching, `vllm_backend`) when vllm is importable, else
-the HF engine on the same model directory.
+`serving.config.ServerConfig` (model URI, `NAME=path` programs, `NAME=DIR[@S]` TFB adapters,
+`NAME=module:function` rewards); `serve` runs it under uvicorn. Backends: `hf:` models get the micro-batched
+HF engine (`backends.batcher`); a `vllm:` model uses vLLM's async engine (continuous batching,
+`backends.vllm`) when vllm is importable, else the HF engine on the same model directory.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from fastapi import FastAPI
 
 from dln.errors import DLNError
 from dln.lm.base import LanguageModel
-from serving.batcher import HFBackend
+from serving.backends.batcher import HFBackend
+from serving.config import MAX_BODY_BYTES, ServerConfig
 from serving.errors import install_error_handlers
 from serving.middleware import APIKeyMiddleware, BodyLimitMiddleware
 from serving.models import (
@@ -28,37 +28,12 @@ from serving.models import (
     served_name_for,
     share_base_model,
 )
-from serving.rewards import RewardRegistry, load_reward_spec
+from serving.reward_registry import RewardRegistry, load_reward_spec
 from serving.routes import router
 from serving.serving_chat import ChatServing
 from serving.serving_completion import CompletionServing
 
 log = logging.getLogger("serving")
-
-MAX_BODY_BYTES = 1 << 20  # 1 MiB
-
-
-@dataclass
-class ServerConfig:
-    """Everything `dln serve` takes; see `dln serve --help`."""
-
-    model: str = field(default="hf:default", metadata={"help": "base model URI (hf:... or vllm:...)"})
-    served_model_name: str | None = field(
-        default=None, metadata={"help": "the base model's name in requests"}
-    )
-    programs: list[str] = field(default_factory=list, metadata={"help": "NAME=path/program.json"})
-    tfb: list[str] = field(
-        default_factory=list, metadata={"help": "NAME=DIR[@S]: a Bayesianized adapter (reasoning.tfb)"}
-    )
-    rewards: list[str] = field(default_factory=list, metadata={"help": "NAME=module:function"})
-    api_key: str | None = field(default=None, metadata={"help": "require Authorization: Bearer <key>"})
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 32
-    batch_wait_ms: float = 5.0
-    max_body_bytes: int = MAX_BODY_BYTES
-    threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 keeps torch's default"})
-    log_level: str = "info"
 
 
 def create_app(
@@ -128,7 +103,7 @@ def build_backend(uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 
             "dln serve serves local models (hf:... or vllm:...); an openai: URI is already a server"
         )
     if scheme == "vllm":
-        from serving.vllm_backend import VLLMBackend, vllm_available
+        from serving.backends.vllm import VLLMBackend, vllm_available
 
         if vllm_available():
             return VLLMBackend(rest)

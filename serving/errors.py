@@ -13,6 +13,10 @@ Every error leaves the server as `{"error": {"message", "type", "param", "code"}
 FastAPI answers a body that does not validate with 422; here it becomes a 400 that names the field, which is
 what OpenAI's clients expect. A `DLNError` raised while handling a request was caused by its input (a chat
 message without content, a model without a chat template) and is a 400 too.
+
+`as_openai_error` is that mapping, for any exception; the HTTP exception handlers and the error event of a
+stream that has already begun (`serving_base.stream_error`) both use it, so a failure is reported with the
+same type and code whichever way it reaches the client.
 """
 
 from __future__ import annotations
@@ -66,17 +70,37 @@ class PayloadTooLargeError(OpenAIError):
     code = "request_too_large"
 
 
-def error_body(message: str, type_: str, param: str | None = None, code=None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def error_body(err: OpenAIError) -> dict:
+    """OpenAI's error object for `err`."""
+    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+
+
+def as_openai_error(exc: BaseException) -> OpenAIError:
+    """The one mapping of a failure to the error the client sees (see the table above)."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        message, param = validation_message(list(exc.errors()))
+        return BadRequestError(message, param=param)
+    if isinstance(exc, DLNError):
+        return BadRequestError(str(exc))
+    if isinstance(exc, StarletteHTTPException):
+        return http_error(exc)
+    return OpenAIError(f"internal server error ({type(exc).__name__}); see the server log")
+
+
+def http_error(exc: StarletteHTTPException) -> OpenAIError:
+    """Starlette's own errors (unknown route, wrong method) in OpenAI's format."""
+    if exc.status_code == 404:
+        return NotFoundError(str(exc.detail), code="not_found")
+    err = (BadRequestError if exc.status_code < 500 else OpenAIError)(str(exc.detail))
+    err.status_code = exc.status_code
+    return err
 
 
 def error_response(err: OpenAIError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None
-    return JSONResponse(
-        error_body(err.message, err.type, err.param, err.code),
-        status_code=err.status_code,
-        headers=headers,
-    )
+    return JSONResponse(error_body(err), status_code=err.status_code, headers=headers)
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
@@ -110,32 +134,15 @@ def _is_type_name(part: str) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(OpenAIError)
-    async def _openai_error(request: Request, err: OpenAIError) -> JSONResponse:
+    """Every failure of a route leaves through `as_openai_error`; internal ones are logged with the route."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 404:
+            exc = NotFoundError(f"no route {request.method} {request.url.path}", code="not_found")
+        err = as_openai_error(exc)
+        if err.status_code >= 500 and err is not exc:
+            log.error("internal error while serving %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(err)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(list(err.errors()))
-        return error_response(BadRequestError(message, param=param))
-
-    @app.exception_handler(DLNError)
-    async def _dln_error(request: Request, err: DLNError) -> JSONResponse:
-        return error_response(BadRequestError(str(err)))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        if err.status_code == 404:
-            return error_response(
-                NotFoundError(f"no route {request.method} {request.url.path}", code="not_found")
-            )
-        status = err.status_code
-        type_ = "invalid_request_error" if status < 500 else "server_error"
-        return JSONResponse(error_body(str(err.detail), type_), status_code=status)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, err: Exception) -> JSONResponse:
-        log.exception("internal error while serving %s %s", request.method, request.url.path)
-        return error_response(
-            OpenAIError(f"internal server error ({type(err).__name__}); see the server log")
-        )
+    for kind in (OpenAIError, RequestValidationError, DLNError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, handle)

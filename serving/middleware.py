@@ -17,7 +17,7 @@ PUBLIC_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
 
 
 async def send_error(send, err: OpenAIError) -> None:
-    body = json.dumps(error_body(err.message, err.type, err.param, err.code)).encode()
+    body = json.dumps(error_body(err)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if err.status_code == 401:
         headers.append((b"www-authenticate", b"Bearer"))

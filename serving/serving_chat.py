@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from dln.lm import tokens
-from serving.engine import Sample
+from serving.backends.jobs import Sample
 from serving.errors import BadRequestError
 from serving.protocol import (
     AssistantMessage,
@@ -26,7 +26,7 @@ from serving.protocol import (
     DeltaMessage,
     UsageInfo,
 )
-from serving.serving import (
+from serving.serving_base import (
     DEFAULT_CHAT_MAX_TOKENS,
     SSE_DONE,
     OpenAIServing,

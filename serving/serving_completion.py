@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from dln.lm import tokens
-from serving.engine import Sample, ScoreJob, TokenLogprobs
+from serving.backends.jobs import Sample, ScoreJob, TokenLogprobs
 from serving.errors import BadRequestError
 from serving.protocol import (
     CompletionChoice,
@@ -23,7 +23,7 @@ from serving.protocol import (
     CompletionResponse,
     UsageInfo,
 )
-from serving.serving import SSE_DONE, OpenAIServing, Plan, Ranked, answer_extra, sse, stream_error
+from serving.serving_base import SSE_DONE, OpenAIServing, Plan, Ranked, answer_extra, sse, stream_error
 
 
 class CompletionServing(OpenAIServing):

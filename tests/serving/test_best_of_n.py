@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from dln.errors import DLNError
-from serving.rewards import RewardRegistry, length_reward, load_reward_spec
+from serving.reward_registry import RewardRegistry, length_reward, load_reward_spec
 
 FIELDS = dict(
     model="default", prompt="Write a short sentence about cats:", max_tokens=12, temperature=1.0, seed=5
@@ -62,17 +62,17 @@ def test_streaming_a_best_of_n_request(server):
 
 
 def test_reward_specs(tmp_path):
-    assert load_reward_spec("len=serving.rewards:length_reward") == ("len", length_reward)
+    assert load_reward_spec("len=serving.reward_registry:length_reward") == ("len", length_reward)
     path = tmp_path / "my_reward.py"
     path.write_text("def score(prompt, completion):\n    return 1.0 if 'cat' in completion else 0.0\n")
     name, function = load_reward_spec(f"cat={path}:score")
     assert name == "cat" and function("p", "a cat") == 1.0
     with pytest.raises(DLNError):
-        load_reward_spec("bad=serving.rewards:no_such_function")
+        load_reward_spec("bad=serving.reward_registry:no_such_function")
     with pytest.raises(DLNError):
         load_reward_spec("bad=no_such_module_anywhere:f")
     with pytest.raises(DLNError):
-        load_reward_spec("missing-colon=serving.rewards")
+        load_reward_spec("missing-colon=serving.reward_registry")
 
 
 def test_vader_is_built_in_only_when_installed():

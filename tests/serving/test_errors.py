@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
 from serve_helpers import start
+
+from dln.errors import DLNError
+from serving.errors import as_openai_error, error_body
 
 LIMIT = 64 * 1024
 OK = {"model": "default", "prompt": "Hello", "max_tokens": 1, "temperature": 0}
@@ -147,3 +152,31 @@ def test_the_server_keeps_serving_after_bad_requests(server, hf_model):
     assert text.choices[0].text == hf_model.generate(["Hello"], max_tokens=4)[0][0]
     reply = server.client.chat.completions.create(model="default", messages=CHAT_OK["messages"], max_tokens=2)
     assert reply.choices[0].message.content
+
+
+def stream_events(response: httpx.Response) -> list:
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+
+
+def test_an_error_during_a_stream_has_the_type_and_code_it_has_before_streaming(server, monkeypatch):
+    async def failing_generate(job):
+        raise DLNError("this model cannot answer that")
+
+    monkeypatch.setattr(server.state.backend, "generate", failing_generate)
+    body = {**OK, "max_tokens": 4}
+    before = check_error(httpx.post(f"{server.base_url}/completions", json=body, timeout=60), 400)
+    response = httpx.post(f"{server.base_url}/completions", json={**body, "stream": True}, timeout=60)
+    assert response.status_code == 200  # the status line went out before the error
+    during = stream_events(response)[-1]["error"]
+    assert (during["type"], during["code"]) == (before["type"], before["code"])
+    assert during["type"] == "invalid_request_error"
+    assert during["message"] == before["message"] == "this model cannot answer that"
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_one_mapping_for_every_failure():
+    assert as_openai_error(DLNError("bad")).status_code == 400
+    internal = as_openai_error(ValueError("secret detail"))
+    assert (internal.status_code, internal.type) == (500, "server_error")
+    assert "secret detail" not in internal.message and "ValueError" in internal.message
+    assert error_body(internal)["error"]["type"] == "server_error"

@@ -84,7 +84,7 @@ def test_dln_serve_runs_a_server(tmp_path):
         "--served-model-name",
         "smol",
         "--reward",
-        "len=serving.rewards:length_reward",
+        "len=serving.reward_registry:length_reward",
         *program_args,
     ]
     log = tmp_path / "server.log"

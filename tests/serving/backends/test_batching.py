@@ -94,3 +94,20 @@ def test_max_batch_size_one_serves_one_request_per_call(unbatched):
     stats = unbatched.state.backend.stats()
     assert stats["batches"] == stats["requests"] == 4 and stats["largest_batch"] == 1
     assert all(answers)
+
+
+def seeded_top_p(server, prompt: str) -> list[str]:
+    response = server.client.completions.create(
+        model="default", prompt=prompt, max_tokens=6, temperature=0.9, top_p=0.8, seed=11, n=2
+    )
+    return [c.text for c in response.choices]
+
+
+def test_seeded_top_p_samples_are_the_same_alone_and_batched(server):
+    alone = [seeded_top_p(server, p) for p in PROMPTS[:4]]
+    before = server.state.backend.stats()
+    together = concurrently(lambda p: seeded_top_p(server, p), PROMPTS[:4])
+    after = server.state.backend.stats()
+    assert after["batches"] - before["batches"] < after["requests"] - before["requests"] == 4
+    assert together == alone
+    assert any(len(set(samples)) > 1 for samples in alone)  # sampled, not greedy

@@ -21,13 +21,14 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from serving.engine import GenerateJob, HFEngine, Sample, ScoreJob, TokenLogprobs
+from serving.backends.hf_engine import HFEngine
+from serving.backends.jobs import GenerateJob, Sample, ScoreJob, TokenLogprobs
 
 log = logging.getLogger("serving")
 
 
 @dataclass
-class _Item:
+class QueuedItem:
     key: Hashable
     run: Callable[[list], list]  # payloads -> results, in the model thread
     payload: object
@@ -50,7 +51,7 @@ class MicroBatcher:
         self.batches = 0
         self.requests = 0
         self.largest_batch = 0
-        self._pending: deque[_Item] = deque()
+        self._pending: deque[QueuedItem] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -91,7 +92,7 @@ class MicroBatcher:
         if self._wakeup is None:
             raise RuntimeError("the micro-batcher is not running (start() was not awaited)")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Item(key, run, payload, future))
+        self._pending.append(QueuedItem(key, run, payload, future))
         self._wakeup.set()
         return await future
 
@@ -121,7 +122,7 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_result(result)
 
-    def _take(self) -> list[_Item]:
+    def _take(self) -> list[QueuedItem]:
         """Up to max_batch_size items with the oldest item's key, in arrival order; the rest stay queued."""
         if not self._pending:
             return []
@@ -174,6 +175,17 @@ class HFBackend:
 
     async def run_program(self, name: str, program, inputs: list[str]) -> list[str]:
         def run(batches: list[list[str]]) -> list[list[str]]:
-            return self.engine.run_program(program, batches)
+            return predict_batches(program, batches)
 
         return await self.batcher.submit(("program", name), run, inputs)
+
+
+def predict_batches(program, batches: list[list[str]]) -> list[list[str]]:
+    """Every request's answers from one `program.predict` call over all their inputs."""
+    flat = [x for inputs in batches for x in inputs]
+    answers = list(program.predict(flat))
+    result, start = [], 0
+    for inputs in batches:
+        result.append(answers[start : start + len(inputs)])
+        start += len(inputs)
+    return result

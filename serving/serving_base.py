@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import statistics
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,15 +22,16 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from dln.lm import tokens
-from serving.engine import GenerateJob, Sample, SamplingParams, TokenLogprobs
-from serving.errors import BadRequestError, OpenAIError, log
+from serving.backends.jobs import GenerateJob, Sample, SamplingParams, TokenLogprobs
+from serving.errors import BadRequestError, OpenAIError, as_openai_error, error_body
 from serving.models import ModelRegistry
 from serving.protocol import SamplingFields, TokenLogprob, TopLogprob, UsageInfo
-from serving.rewards import RewardFn, RewardRegistry
+from serving.reward_registry import RewardFn, RewardRegistry
 
 #: new tokens of a chat completion that does not set max_tokens (capped by the room left in the context).
 DEFAULT_CHAT_MAX_TOKENS = 256
 _DONE = object()
+log = logging.getLogger("serving")
 
 
 @dataclass
@@ -213,19 +215,13 @@ def sse(payload: BaseModel | dict) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def stream_error(err: Exception) -> str:
-    """An error after the stream has started (the status line is already sent): one event, as vLLM does."""
-    if isinstance(err, OpenAIError):
-        body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
-    else:
-        log.error("internal error while streaming", exc_info=err)
-        body = {
-            "message": f"internal server error ({type(err).__name__}); see the server log",
-            "type": "server_error",
-            "param": None,
-            "code": None,
-        }
-    return sse({"error": body})
+def stream_error(exc: Exception) -> str:
+    """An error after the stream has started (the status line is already sent): one event, as vLLM does,
+    with the type and code the same error gets before streaming (`errors.as_openai_error`)."""
+    err = as_openai_error(exc)
+    if err.status_code >= 500 and err is not exc:
+        log.error("internal error while streaming", exc_info=exc)
+    return sse(error_body(err))
 
 
 def answer_extra(answer: str) -> dict:

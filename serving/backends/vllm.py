@@ -2,14 +2,14 @@
 
 Used by `dln serve --model vllm:<path>` when the `vllm` package is importable (a GPU machine with
 `pip install 'dln[vllm]'`, or the CPU build in `.venv-vllm`); otherwise the server falls back to the HF
-engine with the micro-batcher. It offers the same async methods as `batcher.HFBackend` (`generate`,
-`score`, `run_program`), so the serving layer does not know which one runs. Prompts arrive as token ids
+engine with the micro-batcher. It offers the same async methods as `batcher.HFBackend` (`generate`, `score`,
+`run_program`), so the serving layer does not know which one runs. Prompts arrive as token ids
 tokenised by the serving layer with `dln.lm.tokens`' rule, as for `hf:`.
 
-Tested against the HF engine's numbers by `tests/serving/test_vllm_serving.py` (marked `vllm`: it runs where
-vllm imports, e.g. `.venv-vllm/bin/python -m pytest -m vllm tests/serving/test_vllm_serving.py` with the CPU
-build; not part of `make test-main`, and not run on a GPU here). Seeded requests with n > 1 follow vLLM's
-semantics (sample k uses seed + k).
+Tested against the HF engine's numbers by `tests/serving/backends/test_vllm.py` (marked `vllm`: it runs
+where vllm imports, e.g. `.venv-vllm/bin/python -m pytest -m vllm tests/serving/backends/test_vllm.py` with
+the CPU build; not part of `make test-main`, and not run on a GPU here). Seeded requests with n > 1 follow
+vLLM's semantics (sample k uses seed + k).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import uuid
 
 from dln.errors import DLNError
 from dln.lm.paths import resolve_model_path
-from serving.engine import GenerateJob, Sample, ScoreJob, TokenLogprobs
+from serving.backends.jobs import GenerateJob, Sample, ScoreJob, TokenLogprobs
 from serving.protocol import MAX_LOGPROBS
 
 

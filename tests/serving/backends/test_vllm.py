@@ -1,7 +1,7 @@
 """The server over vLLM's async engine (`vllm:` models), against the HF engine's numbers.
 
 Runs where vllm is importable (the CPU build lives in its own venv, `make vllm-venv`):
-    .venv-vllm/bin/python -m pytest -m vllm tests/serving/test_vllm_serving.py -q
+    .venv-vllm/bin/python -m pytest -m vllm tests/serving/backends/test_vllm.py -q
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def client():
     import openai
 
     from serving import create_app
-    from serving.vllm_backend import VLLMBackend
+    from serving.backends.vllm import VLLMBackend
 
     app = create_app(VLLMBackend("default"), served_name="default")
     with running_server(app) as url:
