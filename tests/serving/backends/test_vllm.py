@@ -15,7 +15,7 @@ from serve_helpers import running_server  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 
-SCORE_TOLERANCE = 1e-3  # vLLM's CPU kernels vs torch's, see tests/dln/test_vllm_backend.py
+SCORE_TOLERANCE = 1e-3  # vLLM's CPU kernels vs torch's, see tests/dln/lm/test_vllm_backend.py
 
 
 @pytest.fixture(scope="module")
