@@ -33,7 +33,17 @@ def plugin_registrars() -> list:
     """`register` functions of the installed packages' commands (entry-point group `dln.commands`)."""
     from importlib.metadata import entry_points
 
-    return [ep.load() for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)]
+    found = []
+    for ep in sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name):
+        try:
+            found.append(ep.load())
+        except ImportError as err:  # a stale install must not take the core's commands down with it
+            print(
+                f"dln: warning: command {ep.name!r} ({ep.value}) cannot be imported ({err}); reinstall the "
+                f"package (make setup, or pip install -e .)",
+                file=sys.stderr,
+            )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
