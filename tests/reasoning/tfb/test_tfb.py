@@ -16,15 +16,13 @@ import torch
 
 from dln.cli import main
 from dln.errors import DLNError
-from reasoning.tfb import (
-    AnchorScore,
-    BayesianLoRA,
-    lora_pairs,
-    sampled_weights,
-    search_sigma,
-)
-from reasoning.tfb_metrics import accuracy, all_metrics, brier, ece, fit_temperature, nll, scale
-from reasoning.tfb_train import LabelScorer, MapTrainConfig, add_lora
+from reasoning.tfb.baselines import fit_temperature, scale
+from reasoning.tfb.bayesian_lora import BayesianLoRA
+from reasoning.tfb.config import MapTrainConfig
+from reasoning.tfb.labels import LabelScorer
+from reasoning.tfb.map_train import add_lora
+from reasoning.tfb.metrics import accuracy, all_metrics, brier, ece, nll
+from reasoning.tfb.posterior import AnchorScore, lora_pairs, sampled_weights, search_sigma
 
 LABELS = ["good", "bad"]
 
@@ -59,7 +57,7 @@ def tiny_lora_model(tokenizer, seed: int = 0, rank: int = 4, save_base_to=None):
     if save_base_to is not None:
         base.save_pretrained(str(save_base_to))
         tokenizer.save_pretrained(str(save_base_to))
-    model = add_lora(base, MapTrainConfig(rank=rank, seed=seed, dropout=0.1))
+    model = add_lora(base, MapTrainConfig(lora_rank=rank, seed=seed, lora_dropout=0.1))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -272,10 +270,9 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_cli_sigma_range_defaults_match_the_module():
-    from dln.cli import tfb_command
-    from reasoning import tfb
+    from reasoning.tfb import cli, posterior
 
-    assert (tfb_command.SIGMA_MIN, tfb_command.SIGMA_MAX) == (tfb.SIGMA_MIN, tfb.SIGMA_MAX)
+    assert (cli.SIGMA_MIN, cli.SIGMA_MAX) == (posterior.SIGMA_MIN, posterior.SIGMA_MAX)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""`dln tfb train-map | fit | eval`: training-free Bayesianization of a LoRA adapter (`reasoning.tfb`)."""
+"""`dln tfb train-map | fit | eval`: training-free Bayesianization of a LoRA adapter (docs/tfb.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dln.errors import DLNError
 
-# = reasoning.tfb.SIGMA_MIN, SIGMA_MAX (literal here so that `dln --help` does not import torch)
+# = reasoning.tfb.posterior.SIGMA_MIN, SIGMA_MAX (literal here so that `dln --help` does not import torch)
 SIGMA_MIN, SIGMA_MAX = 1e-4, 1.0
 
 
@@ -90,14 +90,15 @@ def register(subparsers) -> None:
 
 def _config_epilog() -> str:
     from dln.cli.common import config_epilog
-    from reasoning.tfb_train import MapTrainConfig  # no torch at import time
+    from reasoning.tfb.config import MapTrainConfig  # no torch at import time
 
     return config_epilog(MapTrainConfig)
 
 
 def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
     from dln.config import load_config
-    from reasoning.tfb_train import MapTrainConfig, train_map
+    from reasoning.tfb.config import MapTrainConfig
+    from reasoning.tfb.map_train import train_map
 
     config = load_config(
         MapTrainConfig, args.config, overrides + (["--task", args.task] if args.task else [])
@@ -106,7 +107,7 @@ def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
         raise DLNError("no training data: give --task NAME (e.g. sentiment) or --train FILE --dev FILE")
     print(
         f"dln tfb train-map: {config.steps} steps of {config.batch_size} on {config.task or config.train} "
-        f"with {config.model}, LoRA r={config.rank} on {','.join(config.target_modules)} -> {args.out}",
+        f"with {config.model}, LoRA r={config.lora_rank} on {config.target_modules} -> {args.out}",
         flush=True,
     )
     print(json.dumps(train_map(config, args.out, progress=not args.quiet)))
@@ -122,7 +123,7 @@ def _check_adapter(path: str) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     from dln.cli.common import read_jsonl
     from dln.data.loading import load_task
-    from reasoning.tfb import BayesianLoRA
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
 
     _check_adapter(args.adapter)
     if args.tolerance < 0:
@@ -175,8 +176,8 @@ def run_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from dln.data.loading import example_labels, load_task, read_split
-    from reasoning.tfb import BayesianLoRA
-    from reasoning.tfb_metrics import all_metrics
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
+    from reasoning.tfb.metrics import all_metrics
 
     _check_adapter(args.adapter)
     if args.samples < 0:

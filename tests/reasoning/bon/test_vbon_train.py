@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from reasoning.vbon import ADAPTER, VBoNTrainer
-from reasoning.vbon_config import VBoNConfig
-from reasoning.vbon_eval import evaluate_policy
+from reasoning.bon.config import VBoNConfig
+from reasoning.bon.evaluate import evaluate_policy
+from reasoning.bon.trainer import ADAPTER, VBoNTrainer
 
 SHORT_REWARD = "def short(prompt, completion):\n    return -len(completion) / 50.0\n"
 
