@@ -11,7 +11,6 @@ from dln.errors import DLNError
 
 def register(subparsers) -> None:
     from dln.cli import HelpFormatter
-    from dln.cli.common import add_model_arguments, config_epilog
 
     bon = subparsers.add_parser(
         "bon",
@@ -25,6 +24,14 @@ def register(subparsers) -> None:
         "The trained adapter loads as hf:runs/NAME/policy in every other command.",
     )
     commands = bon.add_subparsers(title="bon commands", metavar="BON_COMMAND")
+    _add_sample(commands, HelpFormatter)
+    _add_train(commands, HelpFormatter)
+    _add_eval(commands, HelpFormatter)
+    bon.set_defaults(handler=lambda args: bon.print_help())
+
+
+def _add_sample(commands, HelpFormatter) -> None:
+    from dln.cli.common import add_model_arguments
 
     sample = commands.add_parser(
         "sample",
@@ -45,6 +52,9 @@ def register(subparsers) -> None:
     sample.add_argument("--chat", action="store_true", help="send each prompt as a chat user turn")
     sample.set_defaults(handler=run_sample)
 
+
+def _add_train(commands, HelpFormatter) -> None:
+    from dln.cli.common import config_epilog
     from reasoning.bon.config import VBoNConfig
 
     train = commands.add_parser(
@@ -60,6 +70,8 @@ def register(subparsers) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train, accepts_overrides=True)
 
+
+def _add_eval(commands, HelpFormatter) -> None:
     evaluate = commands.add_parser(
         "eval",
         formatter_class=HelpFormatter,
@@ -77,7 +89,6 @@ def register(subparsers) -> None:
     evaluate.add_argument("--samples", type=int, default=4, help="samples per prompt from a trained policy")
     evaluate.add_argument("--seed", type=int, default=1234, help="sampling seed")
     evaluate.set_defaults(handler=run_eval)
-    bon.set_defaults(handler=lambda args: bon.print_help())
 
 
 def run_sample(args: argparse.Namespace) -> None:

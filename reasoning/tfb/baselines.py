@@ -17,34 +17,34 @@ from reasoning.tfb.metrics import nll
 @torch.no_grad()
 def mc_dropout_proba(
     bayes,
-        inputs: list[str] | None = None,
-        *,
-        samples: int = 10,
-        seed: int = 0,
-        encoded: list[list[int]] | None = None,
-        row_labels: list[list[str]] | None = None,
-    ) -> np.ndarray:
-        """The MC-dropout baseline: LoRA dropout switched on at inference, probabilities averaged."""
-        from peft.tuners.lora import LoraLayer
+    inputs: list[str] | None = None,
+    *,
+    samples: int = 10,
+    seed: int = 0,
+    encoded: list[list[int]] | None = None,
+    row_labels: list[list[str]] | None = None,
+) -> np.ndarray:
+    """The MC-dropout baseline: LoRA dropout switched on at inference, probabilities averaged."""
+    from peft.tuners.lora import LoraLayer
 
-        encoded = encoded if encoded is not None else bayes.scorer.encode(list(inputs or []))
-        mask = bayes.scorer.label_mask(row_labels, len(encoded))
-        layers = [m for m in bayes.model.modules() if isinstance(m, LoraLayer)]
-        dropouts = [d for m in layers for d in m.lora_dropout.values()]
-        if not any(isinstance(d, torch.nn.Dropout) and d.p > 0 for d in dropouts):
-            raise DLNError("the adapter was trained without LoRA dropout; MC-dropout needs dropout > 0")
-        total = torch.zeros(len(encoded), len(bayes.labels), dtype=torch.float64)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            try:
-                for d in dropouts:
-                    d.train()
-                for _ in range(max(samples, 1)):
-                    total += label_probs(bayes.scorer, encoded, mask)
-            finally:
-                for d in dropouts:
-                    d.eval()
-        return (total / max(samples, 1)).numpy()
+    encoded = encoded if encoded is not None else bayes.scorer.encode(list(inputs or []))
+    mask = bayes.scorer.label_mask(row_labels, len(encoded))
+    layers = [m for m in bayes.model.modules() if isinstance(m, LoraLayer)]
+    dropouts = [d for m in layers for d in m.lora_dropout.values()]
+    if not any(isinstance(d, torch.nn.Dropout) and d.p > 0 for d in dropouts):
+        raise DLNError("the adapter was trained without LoRA dropout; MC-dropout needs dropout > 0")
+    total = torch.zeros(len(encoded), len(bayes.labels), dtype=torch.float64)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            for d in dropouts:
+                d.train()
+            for _ in range(max(samples, 1)):
+                total += label_probs(bayes.scorer, encoded, mask)
+        finally:
+            for d in dropouts:
+                d.eval()
+    return (total / max(samples, 1)).numpy()
 
 
 def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -42,7 +42,6 @@ def label_probs(scorer, encoded: list[list[int]], mask: torch.Tensor) -> torch.T
     return torch.softmax(scorer.log_probs(encoded, mask).double(), dim=1)
 
 
-
 class BayesianLoRA:
     """A PEFT LoRA adapter with a TFB posterior N(MAP, σ² in each low-rank subspace) over its updates.
 

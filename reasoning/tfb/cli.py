@@ -28,21 +28,30 @@ def register(subparsers) -> None:
         "  dln tfb eval --adapter runs/A-tfb --data test.jsonl --samples 10",
     )
     commands = tfb.add_subparsers(title="tfb commands", metavar="TFB_COMMAND")
+    _add_train_map(commands, HelpFormatter)
+    _add_fit(commands, HelpFormatter)
+    _add_eval(commands, HelpFormatter)
+    tfb.set_defaults(handler=lambda args: tfb.print_help())
 
+
+def _add_train_map(commands, HelpFormatter) -> None:
     train = commands.add_parser(
         "train-map",
         formatter_class=HelpFormatter,
         help="fine-tune the MAP LoRA adapter on a label task",
-        description="Fine-tune a PEFT LoRA adapter by cross-entropy over the label set; save it to --out.\n"
+        description="Fine-tune a PEFT LoRA adapter by cross-entropy over the label set in run directory "
+        "--out (resumes from its last checkpoint; the adapter: OUT/adapter).\n"
         "Example: dln tfb train-map --config configs/tfb/sentiment.yaml --out runs/A --steps 100",
         epilog=_config_epilog(),
     )
     train.add_argument("--config", help="YAML config (see configs/tfb/)")
     train.add_argument("--task", help="shipped task name (overrides the config's)")
-    train.add_argument("--out", required=True, help="adapter directory to write")
+    train.add_argument("--out", required=True, help="run directory (adapter: OUT/adapter; resumes)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train_map, accepts_overrides=True)
 
+
+def _add_fit(commands, HelpFormatter) -> None:
     fit = commands.add_parser(
         "fit",
         formatter_class=HelpFormatter,
@@ -69,6 +78,8 @@ def register(subparsers) -> None:
     fit.add_argument("--out", required=True, help="directory of the Bayesianized adapter")
     fit.set_defaults(handler=run_fit)
 
+
+def _add_eval(commands, HelpFormatter) -> None:
     evaluate = commands.add_parser(
         "eval",
         formatter_class=HelpFormatter,
@@ -85,7 +96,6 @@ def register(subparsers) -> None:
     evaluate.add_argument("--mc-dropout", action="store_true", help="MC-dropout baseline instead of TFB")
     evaluate.add_argument("--predictions", help="also write each example's label distribution to this JSONL")
     evaluate.set_defaults(handler=run_eval)
-    tfb.set_defaults(handler=lambda args: tfb.print_help())
 
 
 def _config_epilog() -> str:

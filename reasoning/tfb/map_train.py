@@ -53,44 +53,19 @@ def train_map(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> dict:
-    """Fine-tune (or resume) a LoRA adapter by label cross-entropy in run directory `out`; the summary."""
-    import torch
+    """Fine-tune (or resume) a LoRA adapter by label cross-entropy in run directory `out`; the summary.
 
-    from dln.data.loading import example_labels, load_task
+    Args:
+        base, tokenizer: an already loaded base model (default: `config.model` through `load_base`).
+        stop_after: end after this many steps of this call (tests use it to simulate a kill).
+    """
     from dln.rundir import RunDir, Stopwatch
     from reasoning.finetune.loop import TrainLoop
-    from reasoning.finetune.policy import Policy, load_base
 
     out = Path(out)
     RunDir(out).start(config, ignored=("progress",))
-    task = load_task(config.task, train=config.train, dev=config.dev)
-    data = (
-        task.train.select(range(min(config.train_limit, len(task.train))))
-        if config.train_limit
-        else task.train
-    )
-    if base is None:
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        base, tokenizer = load_base(config.model, device)
-    policy = Policy(add_lora(base, config), tokenizer, config, (ADAPTER,))
-    scorer = LabelScorer(
-        policy.model,
-        tokenizer,
-        task.labels,
-        prompt=config.prompt,
-        template=config.template,
-        batch_size=config.batch_size,
-    )
-    encoded = scorer.encode(list(data["input"]))
-    mask = scorer.label_mask(example_labels(data, task.labels), len(data))
-    targets = torch.tensor([task.labels.index(t) for t in data["target"]])
-
-    def step_fn(step: int):
-        batch = batch_indices(len(encoded), config.batch_size, config.seed, step)
-        logp = scorer.log_probs([encoded[i] for i in batch], mask[batch])  # (B, K)
-        return torch.nn.functional.nll_loss(logp, targets[batch]), {}
-
     watch = Stopwatch()
+    policy, scorer, task, step_fn = _objective(config, base, tokenizer)
     loop = TrainLoop(config, out, policy, [ADAPTER])
     loop.config.progress = progress and config.progress
     loop.run(step_fn, stop_after=stop_after)
@@ -115,6 +90,41 @@ def train_map(
         }
         save_adapter(policy.model, out / "adapter", config.model, TASK_FILE, meta)
     return summary
+
+
+def _objective(config: MapTrainConfig, base, tokenizer):
+    """(policy, scorer, task, step_fn): step t's loss is the mean -log p(y | x) of batch t."""
+    import torch
+
+    from dln.data.loading import example_labels, load_task
+    from reasoning.finetune.policy import Policy, load_base
+
+    task = load_task(config.task, train=config.train, dev=config.dev)
+    data = task.train
+    if config.train_limit:
+        data = data.select(range(min(config.train_limit, len(data))))
+    if base is None:
+        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        base, tokenizer = load_base(config.model, device)
+    policy = Policy(add_lora(base, config), tokenizer, config, (ADAPTER,))
+    scorer = LabelScorer(
+        policy.model,
+        tokenizer,
+        task.labels,
+        prompt=config.prompt,
+        template=config.template,
+        batch_size=config.batch_size,
+    )
+    encoded = scorer.encode(list(data["input"]))
+    mask = scorer.label_mask(example_labels(data, task.labels), len(data))
+    targets = torch.tensor([task.labels.index(t) for t in data["target"]])
+
+    def step_fn(step: int):
+        batch = batch_indices(len(encoded), config.batch_size, config.seed, step)
+        logp = scorer.log_probs([encoded[i] for i in batch], mask[batch])  # (B, K)
+        return torch.nn.functional.nll_loss(logp, targets[batch]), {}
+
+    return policy, scorer, task, step_fn
 
 
 def read_task_file(directory: str | Path) -> dict:
