@@ -335,3 +335,17 @@ def test_cli_train_fit_eval_on_the_default_model(tmp_path, capsys):
     bad.write_text(json.dumps({"input": "x", "target": "maybe"}) + "\n")
     assert main(["tfb", "eval", "--adapter", str(bayesian), "--data", str(bad)]) == 2
     assert "not one of the adapter's labels" in capsys.readouterr().err
+
+
+def test_mc_dropout_averages_dropout_passes_and_switches_dropout_off_again(tokenizer):
+    from peft.tuners.lora import LoraLayer
+
+    bayes = tiny_bayes(tokenizer)
+    map_probs = bayes.predict_proba(INPUTS, samples=0)
+    probs = bayes.mc_dropout_proba(INPUTS, samples=4, seed=1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert not np.allclose(probs, map_probs, atol=1e-7)  # dropout was on
+    np.testing.assert_allclose(bayes.mc_dropout_proba(INPUTS, samples=4, seed=1), probs, atol=1e-9)  # seeded
+    dropouts = [d for m in bayes.model.modules() if isinstance(m, LoraLayer) for d in m.lora_dropout.values()]
+    assert not any(d.training for d in dropouts)
+    np.testing.assert_allclose(bayes.predict_proba(INPUTS, samples=0), map_probs, atol=1e-9)
