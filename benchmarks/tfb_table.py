@@ -30,15 +30,17 @@ METHODS = ("MAP", "MC-dropout", "Temp. scaling", "TFB")
 def run_one(task: str, seed: int, args) -> dict:
     from dln.config import load_config
     from dln.data.loading import example_labels, load_task
-    from reasoning.tfb import BayesianLoRA
-    from reasoning.tfb_metrics import all_metrics, fit_temperature, scale
-    from reasoning.tfb_train import MapTrainConfig, train_map
+    from reasoning.tfb.baselines import fit_temperature, scale
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
+    from reasoning.tfb.config import MapTrainConfig
+    from reasoning.tfb.map_train import train_map
+    from reasoning.tfb.metrics import all_metrics
 
     overrides = {"seed": seed, **({"steps": args.steps} if args.steps else {})}
     config = load_config(MapTrainConfig, Path("configs/tfb") / f"{task}.yaml", overrides)  # task: config name
     out = Path(args.runs) / f"{task}-{seed}"
-    if args.reuse and (out / "tfb_task.json").is_file():  # the MAP adapter of an earlier run, same config
-        trained = json.loads((out / "tfb_task.json").read_text())
+    if args.reuse and (out / "adapter" / "tfb_task.json").is_file():  # a finished MAP run, same config
+        trained = json.loads((out / "adapter" / "tfb_task.json").read_text())
     else:
         trained = train_map(config, out, progress=False)
     bayes = BayesianLoRA.load(out)
@@ -100,7 +102,9 @@ def run_one(task: str, seed: int, args) -> dict:
         "search_seconds": bayes.search["seconds"],
         "search_evaluations": len(search.trace) + 1,
         "anchor": [offset, len(anchor)],
-        "config": {k: getattr(config, k) for k in ("train_limit", "steps", "batch_size", "lr", "dropout")},
+        "config": {
+            k: getattr(config, k) for k in ("train_limit", "steps", "batch_size", "lr", "lora_dropout")
+        },
         "map_seconds": timed["map"],
         "tfb_seconds": timed["tfb"],
         "mc_seconds": timed["mc"],

@@ -1,6 +1,6 @@
 """Reward against KL(π || π_ref) on held-out review prompts: reference, BoN N=2..16, vBoN N=4/8, KL-RL.
 
-Trains each config under `configs/vbon/` into `runs/vbon-bench/<name>` (a finished run is reused, a killed
+Trains each config under `configs/bon/` into `runs/vbon-bench/<name>` (a finished run is reused, a killed
 one resumes), evaluates every point on the same held-out prompts, prints a markdown table and writes
 `benchmarks/vbon_plane.png` when matplotlib is installed.
 
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from dln.config import load_config
+from reasoning.bon.config import VBoNConfig
+from reasoning.bon.evaluate import RewardKL, evaluate_policy, evaluate_reference_bon
+from reasoning.bon.rewards import load_reward
+from reasoning.bon.trainer import ADAPTER, VBoNTrainer, load_prompts
 from reasoning.finetune.policy import Policy
-from reasoning.rewards import load_reward
-from reasoning.vbon import ADAPTER, VBoNTrainer, load_prompts
-from reasoning.vbon_config import VBoNConfig
-from reasoning.vbon_eval import RewardKL, evaluate_policy, evaluate_reference_bon
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     prompts = load_prompts("reviews", "test")[: args.prompts]
-    base = load_config(VBoNConfig, f"configs/vbon/{args.configs[0]}.yaml", [])
+    base = load_config(VBoNConfig, f"configs/bon/{args.configs[0]}.yaml", [])
     reward = load_reward(base.reward)
     ns = tuple(n for n in (1, 2, 4, 8, 16, 32) if n <= args.bon_samples)
     reference = evaluate_reference_bon(Policy.load(base), prompts, reward, base, m=args.bon_samples, ns=ns)
@@ -45,7 +45,7 @@ def main() -> None:
         print(json.dumps(point.row()), flush=True)
     points: list[tuple[RewardKL, float]] = []
     for name in args.configs:
-        config = load_config(VBoNConfig, f"configs/vbon/{name}.yaml", [])
+        config = load_config(VBoNConfig, f"configs/bon/{name}.yaml", [])
         start = time.perf_counter()
         trainer = VBoNTrainer(config, Path(args.out) / name)
         trainer.fit()

@@ -147,7 +147,7 @@ def load_tfb_spec(spec: str) -> tuple[str, object]:
                 f"--tfb {name}: takes NAME=DIR or NAME=DIR@S with S an integer >= 0 (the weight samples "
                 f"averaged per prediction; 0 is the MAP adapter), got {value!r}"
             )
-    from reasoning.tfb_program import DEFAULT_SAMPLES, TFBProgram
+    from reasoning.tfb.program import DEFAULT_SAMPLES, TFBProgram
 
     try:
         return name, TFBProgram.load(directory, samples=DEFAULT_SAMPLES if samples is None else samples)

@@ -14,7 +14,7 @@ and the best returned, with every sample's reward in the response. Built in:
 from __future__ import annotations
 
 from dln.errors import DLNError
-from reasoning.rewards import RewardFn, length_reward, load_reward
+from reasoning.bon.rewards import RewardFn, length_reward, load_reward
 from serving.errors import BadRequestError
 from serving.models import parse_named
 

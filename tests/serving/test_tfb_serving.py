@@ -19,8 +19,9 @@ LABELS = ["good", "bad"]
 
 @pytest.fixture(scope="module")
 def tfb_dir(tmp_path_factory):
-    from reasoning.tfb import BayesianLoRA
-    from reasoning.tfb_train import MapTrainConfig, train_map
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
+    from reasoning.tfb.config import MapTrainConfig
+    from reasoning.tfb.map_train import train_map
 
     root = tmp_path_factory.mktemp("tfb")
     config = MapTrainConfig(
@@ -77,7 +78,7 @@ def test_chat_and_its_stream_carry_the_distribution(server, program):
 
 
 def test_zero_samples_is_the_map_adapter(program):
-    from reasoning.tfb_program import TFBProgram
+    from reasoning.tfb.program import TFBProgram
 
     map_program = TFBProgram(program.bayes, samples=0)
     np.testing.assert_array_equal(

@@ -4,7 +4,7 @@ The openings are written for this project (MIT, like the code) from templates: a
 never a verdict, so the reward (VADER sentiment of the continuation) depends on what the model writes.
 Run once; the JSONL is committed and the split is fixed by the seed.
 
-    python reasoning/data/generate_review_prompts.py
+    python reasoning/bon/data/generate_review_prompts.py
 """
 
 from __future__ import annotations

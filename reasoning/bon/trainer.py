@@ -1,6 +1,6 @@
 """vBoN fine-tuning (and the KL-regularised RL baseline) of a LoRA policy, in `finetune.loop.TrainLoop`.
 
-The objective (derived in `reasoning.bon`): maximise E_{y~π_θ}[R(x, y)] - β KL(π_θ || π_ref) with
+The objective (derived in `reasoning.bon.density`): maximise E_{y~π_θ}[R(x, y)] - β KL(π_θ || π_ref) with
 
 - `objective: vbon`: R = log F̂(r(x, y)), β = 1/(N-1) (first order), or with `exact: true`
   R = [log π_BoN(y|x) - log π_ref(y|x)] / (N-1), the exact BoN log-ratio on the same scale;
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -30,11 +29,12 @@ from dln.atomic import atomic_write_json
 from dln.data.jsonl import read_jsonl
 from dln.errors import DLNError
 from dln.home import dln_home
-from reasoning.bon import smoothed_log_cdf, vbon_log_ratio
+from dln.rundir import RunDir
+from reasoning.bon.config import VBoNConfig
+from reasoning.bon.density import smoothed_log_cdf, vbon_log_ratio
+from reasoning.bon.rewards import RewardFn, load_reward, score_batch
 from reasoning.finetune.loop import TrainLoop
 from reasoning.finetune.policy import Policy
-from reasoning.rewards import RewardFn, load_reward, score_batch
-from reasoning.vbon_config import VBoNConfig
 
 ADAPTER = "policy"
 SHIPPED_PROMPTS = Path(__file__).parent / "data" / "review_prompts"
@@ -134,8 +134,7 @@ class VBoNTrainer:
         self.reference = ReferenceRewards(self.policy, self.reward, config)
 
     def fit(self, stop_after: int | None = None) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.run_dir / "config.json", asdict(self.config))
+        RunDir(self.run_dir).start(self.config, ignored=("progress",))
         if self.config.objective == "vbon":
             self.reference.ensure(self.prompts, progress=self.progress)
         loop = TrainLoop(self.config, self.run_dir, self.policy, [ADAPTER])

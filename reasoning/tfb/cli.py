@@ -1,4 +1,4 @@
-"""`dln tfb train-map | fit | eval`: training-free Bayesianization of a LoRA adapter (`reasoning.tfb`)."""
+"""`dln tfb train-map | fit | eval`: training-free Bayesianization of a LoRA adapter (docs/tfb.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dln.errors import DLNError
 
-# = reasoning.tfb.SIGMA_MIN, SIGMA_MAX (literal here so that `dln --help` does not import torch)
+# = reasoning.tfb.posterior.SIGMA_MIN, SIGMA_MAX (literal here so that `dln --help` does not import torch)
 SIGMA_MIN, SIGMA_MAX = 1e-4, 1.0
 
 
@@ -28,21 +28,30 @@ def register(subparsers) -> None:
         "  dln tfb eval --adapter runs/A-tfb --data test.jsonl --samples 10",
     )
     commands = tfb.add_subparsers(title="tfb commands", metavar="TFB_COMMAND")
+    _add_train_map(commands, HelpFormatter)
+    _add_fit(commands, HelpFormatter)
+    _add_eval(commands, HelpFormatter)
+    tfb.set_defaults(handler=lambda args: tfb.print_help())
 
+
+def _add_train_map(commands, HelpFormatter) -> None:
     train = commands.add_parser(
         "train-map",
         formatter_class=HelpFormatter,
         help="fine-tune the MAP LoRA adapter on a label task",
-        description="Fine-tune a PEFT LoRA adapter by cross-entropy over the label set; save it to --out.\n"
+        description="Fine-tune a PEFT LoRA adapter by cross-entropy over the label set in run directory "
+        "--out (resumes from its last checkpoint; the adapter: OUT/adapter).\n"
         "Example: dln tfb train-map --config configs/tfb/sentiment.yaml --out runs/A --steps 100",
         epilog=_config_epilog(),
     )
     train.add_argument("--config", help="YAML config (see configs/tfb/)")
     train.add_argument("--task", help="shipped task name (overrides the config's)")
-    train.add_argument("--out", required=True, help="adapter directory to write")
+    train.add_argument("--out", required=True, help="run directory (adapter: OUT/adapter; resumes)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train_map, accepts_overrides=True)
 
+
+def _add_fit(commands, HelpFormatter) -> None:
     fit = commands.add_parser(
         "fit",
         formatter_class=HelpFormatter,
@@ -69,6 +78,8 @@ def register(subparsers) -> None:
     fit.add_argument("--out", required=True, help="directory of the Bayesianized adapter")
     fit.set_defaults(handler=run_fit)
 
+
+def _add_eval(commands, HelpFormatter) -> None:
     evaluate = commands.add_parser(
         "eval",
         formatter_class=HelpFormatter,
@@ -85,19 +96,19 @@ def register(subparsers) -> None:
     evaluate.add_argument("--mc-dropout", action="store_true", help="MC-dropout baseline instead of TFB")
     evaluate.add_argument("--predictions", help="also write each example's label distribution to this JSONL")
     evaluate.set_defaults(handler=run_eval)
-    tfb.set_defaults(handler=lambda args: tfb.print_help())
 
 
 def _config_epilog() -> str:
     from dln.cli.common import config_epilog
-    from reasoning.tfb_train import MapTrainConfig  # no torch at import time
+    from reasoning.tfb.config import MapTrainConfig  # no torch at import time
 
     return config_epilog(MapTrainConfig)
 
 
 def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
     from dln.config import load_config
-    from reasoning.tfb_train import MapTrainConfig, train_map
+    from reasoning.tfb.config import MapTrainConfig
+    from reasoning.tfb.map_train import train_map
 
     config = load_config(
         MapTrainConfig, args.config, overrides + (["--task", args.task] if args.task else [])
@@ -106,7 +117,7 @@ def run_train_map(args: argparse.Namespace, overrides: list[str]) -> None:
         raise DLNError("no training data: give --task NAME (e.g. sentiment) or --train FILE --dev FILE")
     print(
         f"dln tfb train-map: {config.steps} steps of {config.batch_size} on {config.task or config.train} "
-        f"with {config.model}, LoRA r={config.rank} on {','.join(config.target_modules)} -> {args.out}",
+        f"with {config.model}, LoRA r={config.lora_rank} on {config.target_modules} -> {args.out}",
         flush=True,
     )
     print(json.dumps(train_map(config, args.out, progress=not args.quiet)))
@@ -122,7 +133,7 @@ def _check_adapter(path: str) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     from dln.cli.common import read_jsonl
     from dln.data.loading import load_task
-    from reasoning.tfb import BayesianLoRA
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
 
     _check_adapter(args.adapter)
     if args.tolerance < 0:
@@ -175,8 +186,8 @@ def run_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
     from dln.data.loading import example_labels, load_task, read_split
-    from reasoning.tfb import BayesianLoRA
-    from reasoning.tfb_metrics import all_metrics
+    from reasoning.tfb.bayesian_lora import BayesianLoRA
+    from reasoning.tfb.metrics import all_metrics
 
     _check_adapter(args.adapter)
     if args.samples < 0:

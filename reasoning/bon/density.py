@@ -1,4 +1,4 @@
-"""Best-of-N: sampling at inference, the BoN distribution's density, and the reward CDF it depends on.
+"""The Best-of-N maths: the BoN distribution's density, the vBoN log-ratio, the reward CDF, BoN weights.
 
 Notation (DESIGN.md section 4): a prompt x, a completion y, the reference policy π_ref, a reward r(x, y)
 and its CDF under the reference policy, F(r) = P_{y' ~ π_ref}(r(x, y') < r).
@@ -28,12 +28,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-
-from dln.lm.base import LanguageModel, Prompt
-from reasoning.rewards import RewardFn, score_batch
 
 
 # -- the BoN distribution ---------------------------------------------------------------------------------
@@ -87,44 +83,3 @@ def best_of_n_weights(m: int, n: int) -> list[float]:
         raise ValueError(f"need 1 <= n <= m, got n={n}, m={m}")
     total = math.comb(m, n)
     return [math.comb(j - 1, n - 1) / total for j in range(1, m + 1)]
-
-
-# -- Best-of-N sampling ----------------------------------------------------------------------------------
-@dataclass
-class BestOfN:
-    """One prompt's answer: the best completion, its reward, and every candidate with its reward."""
-
-    best: str
-    reward: float
-    candidates: list[str]
-    rewards: list[float]
-
-
-def best_of_n(
-    model: LanguageModel,
-    prompts: Sequence[Prompt],
-    reward: RewardFn,
-    n: int = 8,
-    *,
-    temperature: float = 1.0,
-    max_tokens: int = 48,
-    seed: int | None = None,
-    reward_prompts: Sequence[str] | None = None,
-) -> list[BestOfN]:
-    """Sample n completions per prompt from any backend, score them, keep the best (ties: the first).
-
-    Args:
-        reward_prompts: the text the reward sees as each prompt (default: the prompt itself when a string).
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    samples = model.generate(prompts, n=n, temperature=temperature, max_tokens=max_tokens, seed=seed)
-    texts = reward_prompts or [p if isinstance(p, str) else p[-1]["content"] for p in prompts]
-    flat_prompts = [t for t in texts for _ in range(n)]
-    flat = score_batch(reward, flat_prompts, [c for group in samples for c in group])
-    results = []
-    for i, group in enumerate(samples):
-        rewards = flat[i * n : (i + 1) * n]
-        best = max(range(n), key=lambda k: rewards[k])
-        results.append(BestOfN(group[best], rewards[best], list(group), rewards))
-    return results

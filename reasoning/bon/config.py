@@ -1,4 +1,4 @@
-"""The config of a vBoN (or KL-regularised RL baseline) run; torch-free, see `reasoning.vbon` for the math."""
+"""The config of a vBoN (or KL-RL baseline) run; torch-free, see `reasoning.bon.trainer` for the math."""
 
 from __future__ import annotations
 

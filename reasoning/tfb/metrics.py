@@ -49,38 +49,3 @@ def all_metrics(probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         "nll": nll(probs, targets),
         "brier": brier(probs, targets),
     }
-
-
-def scale(log_probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) per row; -inf (labels not offered) stays at probability 0."""
-    z = np.asarray(log_probs, dtype=np.float64) / temperature
-    z = z - np.max(z, axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(
-    log_probs: np.ndarray, targets: np.ndarray, *, lo: float = 0.05, hi: float = 20.0, iterations: int = 60
-) -> float:
-    """argmin_T NLL(softmax(log p / T)) on held-out data, by golden-section search over log T in [lo, hi].
-
-    The NLL of temperature-scaled logits is convex in 1/T, hence unimodal in log T.
-    """
-
-    def loss(log_t: float) -> float:
-        return nll(scale(log_probs, float(np.exp(log_t))), np.asarray(targets))
-
-    a, b = np.log(lo), np.log(hi)
-    ratio = (np.sqrt(5.0) - 1.0) / 2.0
-    c, d = b - ratio * (b - a), a + ratio * (b - a)
-    fc, fd = loss(c), loss(d)
-    for _ in range(iterations):
-        if fc < fd:
-            b, d, fd = d, c, fc
-            c = b - ratio * (b - a)
-            fc = loss(c)
-        else:
-            a, c, fc = c, d, fd
-            d = a + ratio * (b - a)
-            fd = loss(d)
-    return float(np.exp((a + b) / 2.0))

@@ -11,7 +11,6 @@ from dln.errors import DLNError
 
 def register(subparsers) -> None:
     from dln.cli import HelpFormatter
-    from dln.cli.common import add_model_arguments, config_epilog
 
     bon = subparsers.add_parser(
         "bon",
@@ -20,11 +19,19 @@ def register(subparsers) -> None:
         description="Best-of-N draws N samples, scores them with a reward and keeps the best; vBoN trains a "
         "LoRA policy to sample like BoN in one draw (backward KL to the BoN distribution).\n"
         '  dln bon sample --reward vader -n 8 "The film was"\n'
-        "  dln bon train --config configs/vbon/n4.yaml --out runs/vbon4\n"
+        "  dln bon train --config configs/bon/n4.yaml --out runs/vbon4\n"
         "  dln bon eval --run runs/vbon4\n"
         "The trained adapter loads as hf:runs/NAME/policy in every other command.",
     )
     commands = bon.add_subparsers(title="bon commands", metavar="BON_COMMAND")
+    _add_sample(commands, HelpFormatter)
+    _add_train(commands, HelpFormatter)
+    _add_eval(commands, HelpFormatter)
+    bon.set_defaults(handler=lambda args: bon.print_help())
+
+
+def _add_sample(commands, HelpFormatter) -> None:
+    from dln.cli.common import add_model_arguments
 
     sample = commands.add_parser(
         "sample",
@@ -45,7 +52,10 @@ def register(subparsers) -> None:
     sample.add_argument("--chat", action="store_true", help="send each prompt as a chat user turn")
     sample.set_defaults(handler=run_sample)
 
-    from reasoning.vbon_config import VBoNConfig
+
+def _add_train(commands, HelpFormatter) -> None:
+    from dln.cli.common import config_epilog
+    from reasoning.bon.config import VBoNConfig
 
     train = commands.add_parser(
         "train",
@@ -55,11 +65,13 @@ def register(subparsers) -> None:
         "reward with kl_coef (objective kl_rl). Resumes from --out's last checkpoint.",
         epilog=config_epilog(VBoNConfig),
     )
-    train.add_argument("--config", help="YAML config (see configs/vbon/)")
+    train.add_argument("--config", help="YAML config (see configs/bon/)")
     train.add_argument("--out", required=True, help="run directory (adapter: OUT/policy)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train, accepts_overrides=True)
 
+
+def _add_eval(commands, HelpFormatter) -> None:
     evaluate = commands.add_parser(
         "eval",
         formatter_class=HelpFormatter,
@@ -77,13 +89,12 @@ def register(subparsers) -> None:
     evaluate.add_argument("--samples", type=int, default=4, help="samples per prompt from a trained policy")
     evaluate.add_argument("--seed", type=int, default=1234, help="sampling seed")
     evaluate.set_defaults(handler=run_eval)
-    bon.set_defaults(handler=lambda args: bon.print_help())
 
 
 def run_sample(args: argparse.Namespace) -> None:
     from dln.cli.common import open_model
-    from reasoning.bon import best_of_n
-    from reasoning.rewards import load_reward
+    from reasoning.bon.best_of_n import best_of_n
+    from reasoning.bon.rewards import load_reward
 
     if args.n < 1 or args.temperature <= 0:
         raise DLNError("Best-of-N needs -n >= 1 and --temperature > 0 (greedy samples are all the same)")
@@ -111,13 +122,13 @@ def run_sample(args: argparse.Namespace) -> None:
 
 def load_vbon_config(path: str | None, overrides: list[str], base: dict | None = None):
     from dln.config import load_config
-    from reasoning.vbon_config import VBoNConfig
+    from reasoning.bon.config import VBoNConfig
 
     return load_config(VBoNConfig, path, overrides, base)
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
-    from reasoning.vbon import VBoNTrainer
+    from reasoning.bon.trainer import VBoNTrainer
 
     config = load_vbon_config(args.config, overrides)
     if config.objective == "vbon":
@@ -135,19 +146,14 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from reasoning.bon.evaluate import evaluate_policy, evaluate_reference_bon
+    from reasoning.bon.rewards import load_reward
+    from reasoning.bon.trainer import ADAPTER, load_prompts
     from reasoning.finetune.policy import Policy
-    from reasoning.rewards import load_reward
-    from reasoning.vbon import ADAPTER, load_prompts
-    from reasoning.vbon_eval import evaluate_policy, evaluate_reference_bon
 
     if bool(args.run) == bool(args.reference):
         raise DLNError("give either --run runs/NAME (a trained policy) or --reference (reference and BoN)")
-    config_path = Path(args.run or "", "config.json")
-    if args.run and not config_path.is_file():
-        raise DLNError(
-            f"{args.run} is not a dln bon train run (no config.json); train one with dln bon train"
-        )
-    config = load_vbon_config(None, []) if args.reference else _saved_config(config_path)
+    config = load_vbon_config(None, []) if args.reference else _saved_config(args.run)
     prompts = load_prompts(args.prompts, "test")
     prompts = prompts[: args.limit] if args.limit else prompts
     reward = load_reward(config.reward)
@@ -170,5 +176,11 @@ def run_eval(args: argparse.Namespace) -> None:
         print(json.dumps(point.row()))
 
 
-def _saved_config(path: Path):
-    return load_vbon_config(None, [], json.loads(path.read_text(encoding="utf-8")))
+def _saved_config(run: str):
+    """The config a `dln bon train` run recorded in its run directory (`config.yaml`)."""
+    from dln.rundir import RunDir
+
+    run_dir = RunDir(run)
+    if not run_dir.config_file.is_file():
+        raise DLNError(f"{run} is not a dln bon train run (no {RunDir.CONFIG}); train one with dln bon train")
+    return load_vbon_config(None, [], run_dir.config())

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from reasoning.vbon import ADAPTER, VBoNTrainer
-from reasoning.vbon_config import VBoNConfig
-from reasoning.vbon_eval import evaluate_policy
+from reasoning.bon.config import VBoNConfig
+from reasoning.bon.evaluate import evaluate_policy
+from reasoning.bon.trainer import ADAPTER, VBoNTrainer
 
 SHORT_REWARD = "def short(prompt, completion):\n    return -len(completion) / 50.0\n"
 
@@ -158,3 +158,14 @@ def test_cli_errors_name_the_problem(tmp_path):
     empty.write_text("\n")
     result = dln("bon", "train", "--out", str(tmp_path / "r"), "--prompts", str(empty))
     assert result.returncode == 2 and "holds no prompts" in result.stderr
+
+
+def test_a_resumed_run_with_another_config_is_refused(tmp_path, isolated_home):
+    from dln.errors import DLNError
+
+    config = dict(objective="kl_rl", steps=1, prompts_per_step=2, samples_per_prompt=2, max_new_tokens=4)
+    VBoNTrainer(tiny_config(tmp_path, **config), tmp_path / "run", progress=False).fit()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    changed = VBoNTrainer(tiny_config(tmp_path, **config, lr=0.5), tmp_path / "run", progress=False)
+    with pytest.raises(DLNError, match="different config"):
+        changed.fit()

@@ -9,7 +9,7 @@ predictive distribution
 and it carries p(· | x) itself: each answer is a `LabelAnswer`, a str with an `extra` dict that the server
 copies into the response's choice as extension fields (`label_probs`, `samples`, `sigma`). The weight draws
 are seeded per call (`seed`), so a request is answered the same way every time, and every input of a call
-sees the same S weight draws (per-sample weights, `reasoning.tfb`).
+sees the same S weight draws (per-sample weights, `reasoning.tfb.bayesian_lora`).
 
 Example:
     program = TFBProgram.load("runs/A-tfb", samples=10)
@@ -61,7 +61,7 @@ class TFBProgram:
     @classmethod
     def load(cls, directory: str | Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> TFBProgram:
         """The program of a `dln tfb fit` directory; the cheap checks come before the model is loaded."""
-        from reasoning.tfb import TFB_FILE, BayesianLoRA
+        from reasoning.tfb.bayesian_lora import TFB_FILE, BayesianLoRA
 
         directory = Path(directory)
         if not directory.is_dir():

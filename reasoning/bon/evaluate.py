@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from reasoning.bon import best_of_n_weights, vbon_first_order
+from reasoning.bon.density import best_of_n_weights, vbon_first_order
+from reasoning.bon.rewards import RewardFn
+from reasoning.bon.trainer import sample_rewards
 from reasoning.finetune.policy import Policy
-from reasoning.rewards import RewardFn
-from reasoning.vbon import sample_rewards
 
 
 @dataclass

@@ -16,15 +16,13 @@ import torch
 
 from dln.cli import main
 from dln.errors import DLNError
-from reasoning.tfb import (
-    AnchorScore,
-    BayesianLoRA,
-    lora_pairs,
-    sampled_weights,
-    search_sigma,
-)
-from reasoning.tfb_metrics import accuracy, all_metrics, brier, ece, fit_temperature, nll, scale
-from reasoning.tfb_train import LabelScorer, MapTrainConfig, add_lora
+from reasoning.tfb.baselines import fit_temperature, scale
+from reasoning.tfb.bayesian_lora import BayesianLoRA
+from reasoning.tfb.config import MapTrainConfig
+from reasoning.tfb.labels import LabelScorer
+from reasoning.tfb.map_train import add_lora
+from reasoning.tfb.metrics import accuracy, all_metrics, brier, ece, nll
+from reasoning.tfb.posterior import AnchorScore, lora_pairs, sampled_weights, search_sigma
 
 LABELS = ["good", "bad"]
 
@@ -59,7 +57,7 @@ def tiny_lora_model(tokenizer, seed: int = 0, rank: int = 4, save_base_to=None):
     if save_base_to is not None:
         base.save_pretrained(str(save_base_to))
         tokenizer.save_pretrained(str(save_base_to))
-    model = add_lora(base, MapTrainConfig(rank=rank, seed=seed, dropout=0.1))
+    model = add_lora(base, MapTrainConfig(lora_rank=rank, seed=seed, lora_dropout=0.1))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -272,10 +270,9 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_cli_sigma_range_defaults_match_the_module():
-    from dln.cli import tfb_command
-    from reasoning import tfb
+    from reasoning.tfb import cli, posterior
 
-    assert (tfb_command.SIGMA_MIN, tfb_command.SIGMA_MAX) == (tfb.SIGMA_MIN, tfb.SIGMA_MAX)
+    assert (cli.SIGMA_MIN, cli.SIGMA_MAX) == (posterior.SIGMA_MIN, posterior.SIGMA_MAX)
 
 
 @pytest.mark.slow
@@ -338,3 +335,17 @@ def test_cli_train_fit_eval_on_the_default_model(tmp_path, capsys):
     bad.write_text(json.dumps({"input": "x", "target": "maybe"}) + "\n")
     assert main(["tfb", "eval", "--adapter", str(bayesian), "--data", str(bad)]) == 2
     assert "not one of the adapter's labels" in capsys.readouterr().err
+
+
+def test_mc_dropout_averages_dropout_passes_and_switches_dropout_off_again(tokenizer):
+    from peft.tuners.lora import LoraLayer
+
+    bayes = tiny_bayes(tokenizer)
+    map_probs = bayes.predict_proba(INPUTS, samples=0)
+    probs = bayes.mc_dropout_proba(INPUTS, samples=4, seed=1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert not np.allclose(probs, map_probs, atol=1e-7)  # dropout was on
+    np.testing.assert_allclose(bayes.mc_dropout_proba(INPUTS, samples=4, seed=1), probs, atol=1e-9)  # seeded
+    dropouts = [d for m in bayes.model.modules() if isinstance(m, LoraLayer) for d in m.lora_dropout.values()]
+    assert not any(d.training for d in dropouts)
+    np.testing.assert_allclose(bayes.predict_proba(INPUTS, samples=0), map_probs, atol=1e-9)

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from dln.errors import DLNError
-from reasoning.bon import (
+from reasoning.bon.density import (
     best_of_n_weights,
     bon_log_density,
     smoothed_log_cdf,
     vbon_first_order,
     vbon_log_ratio,
 )
-from reasoning.rewards import load_reward, score_batch
-from reasoning.vbon import rloo_advantages
+from reasoning.bon.rewards import load_reward, score_batch
+from reasoning.bon.trainer import rloo_advantages
 
 
 def toy(size: int = 5, seed: int = 0):
@@ -131,7 +131,7 @@ def test_reward_specs_and_their_errors(tmp_path):
 
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
 def test_rank_based_bon_kl_equals_the_closed_form_for_distinct_rewards(n):
-    from reasoning.vbon_eval import expected_log_cdf
+    from reasoning.bon.evaluate import expected_log_cdf
 
     m = 16
     weights = best_of_n_weights(m, n)
