@@ -7,7 +7,7 @@ and the best returned, with every sample's reward in the response. Built in:
 - `vader`: VADER's compound sentiment of the completion, in [-1, 1], when the optional `vaderSentiment`
   package is importable (`pip install vaderSentiment`).
 
-`--reward NAME=SPEC` adds any reward `reasoning.rewards.load_reward` knows: an importable function
+`--reward NAME=SPEC` adds any reward `reasoning.bon.rewards.load_reward` knows: an importable function
 (`module:function`, `path/to/file.py:function`) or a transformers classifier (`hf-classifier:<dir>[@label]`).
 """
 
@@ -57,7 +57,7 @@ class RewardRegistry:
 
 
 def load_reward_spec(spec: str) -> tuple[str, RewardFn]:
-    """`NAME=SPEC` -> (NAME, reward), SPEC as `reasoning.rewards.load_reward` reads it."""
+    """`NAME=SPEC` -> (NAME, reward), SPEC as `reasoning.bon.rewards.load_reward` reads it."""
     name, target = parse_named(spec, "--reward")
     try:
         return name, load_reward(target)
