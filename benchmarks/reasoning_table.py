@@ -32,7 +32,7 @@ LABELS = {
 
 
 def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
-    from dln.config import build_config, read_yaml
+    from dln.config import load_config
     from reasoning.reason.config import ReasonConfig
     from reasoning.reason.evaluate import evaluate
     from reasoning.reason.trainer import ReasonTrainer
@@ -51,8 +51,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
             max_new_tokens=args.max_new_tokens,
         )
         return {"method": method, **result, "train_seconds": 0.0, "seconds": round(time.time() - start, 1)}
-    values = read_yaml(Path(args.configs) / f"{method}.yaml")
-    values.update(
+    budget = dict(
         steps=args.steps,
         batch_size=args.batch_size,
         eval_size=args.eval_size,
@@ -62,8 +61,8 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
         progress=False,
     )
     if method != "elbo" and method != "sft":
-        values["k"] = args.k
-    config = build_config(ReasonConfig, values, source=f"{method}.yaml + benchmark budget")
+        budget["k"] = args.k
+    config = load_config(ReasonConfig, Path(args.configs) / f"{method}.yaml", budget)
     if method == "grpo_trl":
         from reasoning.reason.grpo_trl import train_grpo_trl
 
