@@ -1,6 +1,6 @@
 """Held-out accuracy of base / SFT / RFT / GRPO / ELBO / IWAE / forward-KL runs on one budget, as a table.
 
-Every method trains from `configs/reasoning/<objective>.yaml` with the same budget overrides: the same
+Every method trains from `configs/reason/<objective>.yaml` with the same budget overrides: the same
 number of updates, questions per update and traces per question (the ELBO draws K = 1), the same seed and
 learning rate; the variational runs also spend `--warmup` SFT updates warming q up on gold traces with the
 answer hint. Runs go one after another in this process; each writes `<out>/<method>/` and one line of
@@ -32,15 +32,15 @@ LABELS = {
 
 
 def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
-    from dln.config import build_config, read_yaml
-    from reasoning.reason_eval import evaluate
-    from reasoning.reasoning_config import ReasonConfig
-    from reasoning.reasoning_train import ReasonTrainer
+    from dln.config import load_config
+    from reasoning.reason.config import ReasonConfig
+    from reasoning.reason.evaluate import evaluate
+    from reasoning.reason.trainer import ReasonTrainer
 
     start = time.time()
     if method == "base":
         from reasoning.finetune.policy import Policy, PolicyConfig
-        from reasoning.tasks import chain_task
+        from reasoning.reason.tasks import chain_task
 
         policy = Policy.load(PolicyConfig(bf16=True), adapters=("policy",))
         result = evaluate(
@@ -51,8 +51,7 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
             max_new_tokens=args.max_new_tokens,
         )
         return {"method": method, **result, "train_seconds": 0.0, "seconds": round(time.time() - start, 1)}
-    values = read_yaml(Path(args.configs) / f"{method}.yaml")
-    values.update(
+    budget = dict(
         steps=args.steps,
         batch_size=args.batch_size,
         eval_size=args.eval_size,
@@ -62,10 +61,10 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
         progress=False,
     )
     if method != "elbo" and method != "sft":
-        values["k"] = args.k
-    config = build_config(ReasonConfig, values, source=f"{method}.yaml + benchmark budget")
+        budget["k"] = args.k
+    config = load_config(ReasonConfig, Path(args.configs) / f"{method}.yaml", budget)
     if method == "grpo_trl":
-        from reasoning.grpo_trl import train_grpo_trl
+        from reasoning.reason.grpo_trl import train_grpo_trl
 
         summary = train_grpo_trl(config, out / method)
     else:
@@ -113,7 +112,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--eval-size", type=int, default=100, help="held-out questions")
-    parser.add_argument("--configs", default="configs/reasoning")
+    parser.add_argument("--configs", default="configs/reason")
     parser.add_argument("--out", default="runs/reason-bench")
     args = parser.parse_args()
     out = Path(args.out)

@@ -2,6 +2,11 @@
 
 Kept free of torch so that `dln --help` lists their keys without loading it. An objective's config
 inherits both (`class VBoNConfig(LoopConfig, PolicyConfig)`), so every run takes the same keys for them.
+Both share `SeedConfig`, so `seed` is declared (and documented) once: one seed drives the adapters'
+initialisation, the data order and the sampling of a run.
+
+`model` is a model URI as in `dln train`: `hf:default` (the built-in model), `hf:<model dir>`; a bare
+`default` or directory still works (`dln.lm.paths.resolve_model_path`).
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ def _help(text: str, default, **kwargs):
 
 
 @dataclass
-class PolicyConfig:
+class SeedConfig:
+    """The one seed of a run."""
+
+    seed: int = _help("seed of the run: adapter initialisation, data order and sampling", 0)
+
+
+@dataclass
+class PolicyConfig(SeedConfig):
     """The base model and the LoRA adapters put on it."""
 
-    model: str = _help("base model: `default` (the built-in SmolLM2-135M-Instruct) or a model dir", "default")
+    model: str = _help(
+        "base model URI: `hf:default` (the built-in SmolLM2-135M-Instruct) or `hf:<model dir>`", "hf:default"
+    )
     lora_rank: int = _help("LoRA rank r", 16)
     lora_alpha: int = _help("LoRA alpha (scale alpha / r)", 32)
     lora_dropout: float = _help("dropout on the LoRA input", 0.0)
@@ -28,7 +42,6 @@ class PolicyConfig:
         "bf16 autocast for sampling, scoring and training (1.6x faster on CPUs with avx512_bf16; GPUs)", False
     )
     device: str = _help("torch device; empty: cuda when available, else cpu", "")
-    seed: int = _help("seed of the adapters' initialisation", 0)
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:
@@ -36,7 +49,7 @@ class PolicyConfig:
 
 
 @dataclass
-class LoopConfig:
+class LoopConfig(SeedConfig):
     """Optimisation budget and bookkeeping of one run."""
 
     steps: int = _help("optimizer updates", 40)
@@ -45,7 +58,6 @@ class LoopConfig:
     grad_accum: int = _help("step_fn calls (micro-batches) per update", 1)
     max_grad_norm: float = _help("clip the adapters' gradient norm (0: no clipping)", 1.0)
     save_every: int = _help("checkpoint every N updates (and after the last)", 5)
-    seed: int = _help("seed of data order and sampling", 0)
     progress: bool = _help("show a progress bar", True)
 
     def __post_init__(self) -> None:

@@ -34,7 +34,7 @@ from reasoning.finetune.config import PolicyConfig
 ADAPTER_META = "dln_adapter.json"
 
 
-def load_base(model: str = "default", device: str | torch.device = "cpu"):
+def load_base(model: str = "hf:default", device: str | torch.device = "cpu"):
     """(model, tokenizer) of a base model (`default`, `hf:default`, a model dir), fp32 for training."""
     from dln.lm.hf import load_causal_lm
     from dln.lm.paths import resolve_model_path
@@ -218,6 +218,10 @@ class Policy:
 
     # -- saving ---------------------------------------------------------------------------------------
     def save(self, out: str | Path, name: str, meta: dict | None = None) -> Path:
-        """Write adapter `name` as a PEFT directory that `hf:<out>` loads, atomically (`adapters`)."""
-        meta = {"base_model": self.config.model, "adapter": name, **(meta or {})}
-        return adapter_io.save_adapter(self.model, out, self.config.model, ADAPTER_META, meta, adapter=name)
+        """Write adapter `name` as a PEFT directory that `hf:<out>` loads, atomically (`adapters`).
+
+        The base is recorded by name without its `hf:` scheme (`default`, a model dir), as PEFT expects.
+        """
+        base = self.config.model.removeprefix("hf:")
+        meta = {"base_model": base, "adapter": name, **(meta or {})}
+        return adapter_io.save_adapter(self.model, out, base, ADAPTER_META, meta, adapter=name)

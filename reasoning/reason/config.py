@@ -1,4 +1,4 @@
-"""`dln reason train`'s one config: objective, task, model/adapters, budget. YAML under configs/reasoning/.
+"""`dln reason train`'s one config: objective, task, model/adapters, budget. YAML under configs/reason/.
 
 Unknown keys are errors naming the key (`dln.config.build_config`); every field's help is printed by
 `dln reason train --help`.
@@ -7,6 +7,7 @@ Unknown keys are errors naming the key (`dln.config.build_config`); every field'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dln.errors import DLNError
 from reasoning.finetune.config import LoopConfig, PolicyConfig, _help
@@ -22,8 +23,11 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     """Fine-tune π_θ(z, y | x) with thinking traces z as latent variables, or a baseline, on one budget.
 
     The model/LoRA keys (`PolicyConfig`) and the loop keys (`LoopConfig`) are shared with every fine-tuning
-    run; `steps`, `lr` and `seed` get this objective's defaults here.
+    run (`seed` among them, declared once in `SeedConfig`); `steps` and `lr` get this objective's defaults.
     """
+
+    # keys that may change between a run and its resumption (`dln.rundir.RunDir.start`)
+    RESUME_IGNORED: ClassVar[tuple[str, ...]] = ("progress", "eval_size")
 
     objective: str = _help(
         "sft (gold traces) | rft | grpo | grpo_trl (TRL GRPOTrainer) (samples from π) | "
@@ -41,7 +45,6 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     steps: int = _help("optimizer updates of the objective (after the posterior warm-up)", 20)
     batch_size: int = _help("questions per micro-step (per process)", 8)
     lr: float = _help("AdamW learning rate", 3e-4)
-    seed: int = _help("seed of the data order, sampling and adapter init", 0)
     # sampling
     k: int = _help("traces per question (K); the ELBO uses K = 1", 4)
     max_new_tokens: int = _help("longest sampled trace + answer, in tokens", 48)

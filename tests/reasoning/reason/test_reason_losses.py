@@ -1,4 +1,4 @@
-"""Every estimator of `reasoning.reasoning_losses` against exact enumeration on a discrete toy model.
+"""Every estimator of `reasoning.reason.losses` against exact enumeration on a discrete toy model.
 
 Toy: a latent trace z ∈ {0..Z-1}, π_θ(z | x) = softmax(a), π_θ(y | x, z) = sigmoid(b_z) for the observed
 y, q_φ(z | x, y) = softmax(φ). Then log π(y | x) = logsumexp_z(log π(z|x) + log π(y|x,z)) is exact, and an
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dln.vi import iw_bound
-from reasoning.reasoning_losses import (
+from reasoning.reason.losses import (
     ElboThetaLoss,
     ForwardKLPosteriorLoss,
     GRPOLoss,

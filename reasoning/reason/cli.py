@@ -1,4 +1,8 @@
-"""`dln reason train | eval`: thinking traces as latent variables (`reasoning.reasoning_train`)."""
+"""`dln reason train | eval`: thinking traces as latent variables (`reasoning.reason.trainer`).
+
+Registered through the `dln.commands` entry point (pyproject.toml), so `dln.cli` imports nothing of this
+package; torch is imported only when a command runs, so `dln --help` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
         help="variational reasoning: ELBO, multi-trace, forward KL; SFT, RFT, GRPO baselines",
         description="Fine-tune a LoRA policy whose thinking traces are latent variables.\n"
-        "  dln reason train --config configs/reasoning/forward_kl.yaml --out runs/fkl --steps 20\n"
+        "  dln reason train --config configs/reason/forward_kl.yaml --out runs/fkl --steps 20\n"
         "  dln reason eval --run runs/fkl\n"
         "Under several processes or GPUs: accelerate launch --config_file configs/accelerate/<file> "
         "-m dln reason train ...",
@@ -33,7 +37,7 @@ def register(subparsers) -> None:
         "an interrupted run. Config keys come from --config, then --key value overrides.",
         epilog=_config_epilog(),
     )
-    train.add_argument("--config", help="YAML config (see configs/reasoning/)")
+    train.add_argument("--config", help="YAML config (see configs/reason/)")
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train, accepts_overrides=True)
@@ -56,27 +60,27 @@ def register(subparsers) -> None:
 
 def _config_epilog() -> str:
     from dln.cli.common import config_epilog
-    from reasoning.reasoning_config import ReasonConfig  # no torch at import time
+    from reasoning.reason.config import ReasonConfig  # no torch at import time
 
     return config_epilog(ReasonConfig)
 
 
 def build_reason_config(config_path: str | None, overrides: list[str]):
     from dln.config import load_config
-    from reasoning.reasoning_config import ReasonConfig
+    from reasoning.reason.config import ReasonConfig
 
     return load_config(ReasonConfig, config_path, overrides)
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
     from dln.config import dump_yaml
-    from reasoning.reasoning_train import ReasonTrainer
+    from reasoning.reason.trainer import ReasonTrainer
 
     config = build_reason_config(args.config, overrides)
     if args.quiet:
         config.progress = False
     if config.objective == "grpo_trl":  # TRL's GRPOTrainer runs its own loop
-        from reasoning.grpo_trl import train_grpo_trl
+        from reasoning.reason.grpo_trl import train_grpo_trl
 
         print(f"dln reason train: grpo_trl (TRL GRPOTrainer) -> {args.out}\n{dump_yaml(config)}", flush=True)
         print(json.dumps(train_grpo_trl(config, args.out)))
@@ -98,12 +102,11 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from reasoning.finetune.policy import Policy, PolicyConfig
-    from reasoning.reason_eval import evaluate
-    from reasoning.reasoning_train import load_run_config
-    from reasoning.tasks import load_jsonl, task_of
+    from reasoning.reason.evaluate import evaluate
+    from reasoning.reason.tasks import load_jsonl, task_of
 
     run = Path(args.run)
-    config = load_run_config(run)
+    config = run_config(run)
     if not args.base and not (run / "policy" / "adapter_config.json").is_file():
         raise DLNError(f"{run} has no trained adapter (policy/); finish it with dln reason train --out {run}")
     if args.limit < 0:
@@ -139,3 +142,15 @@ def run_eval(args: argparse.Namespace) -> None:
             }
         )
     )
+
+
+def run_config(run: Path):
+    """The config a `dln reason train` run wrote (`dln.rundir.RunDir`), checked key by key."""
+    from dln.config import build_config
+    from dln.rundir import RunDir
+    from reasoning.reason.config import ReasonConfig
+
+    rundir = RunDir(run)
+    if not rundir.config_file.is_file():
+        raise DLNError(f"{run} is not a reasoning run (no {rundir.CONFIG}); train one with dln reason train")
+    return build_config(ReasonConfig, rundir.config(), source=str(rundir.config_file))

@@ -1,7 +1,8 @@
 """Held-out accuracy of a policy (an adapter, or the base model) on a reasoning split, greedy decoding.
 
-Accuracy is strict (`Answer: N` must appear, `reasoning.tasks.is_correct`); the lenient score (last number
-in the text) is reported next to it, since a base model that never writes `Answer:` scores 0 strictly.
+Accuracy is strict (`Answer: N` must appear, `reasoning.reason.tasks.is_correct`); the lenient score
+(last number in the text) is reported next to it, since a base model that never writes `Answer:` scores 0
+strictly.
 
 Example:
     policy = Policy.load(PolicyConfig(), adapters=("policy",))
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from reasoning.tasks import is_correct, policy_prompt
+from reasoning.reason.tasks import is_correct, policy_prompt
 
 
 def evaluate(

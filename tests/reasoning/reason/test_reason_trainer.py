@@ -1,4 +1,4 @@
-"""Short real runs of `reasoning.reasoning_train` on the default model (SmolLM2-135M, CPU): a variational
+"""Short real runs of `reasoning.reason.trainer` on the default model (SmolLM2-135M, CPU): a variational
 run raises log π(gold | x) on held-out questions, an interrupted run resumes to the uninterrupted result,
 and `accelerate launch` with two CPU processes trains to the same result shape as one process.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from reasoning.reasoning_config import ReasonConfig
-from reasoning.reasoning_train import ReasonTrainer
-from reasoning.tasks import format_completion, policy_prompt
+from reasoning.reason.config import ReasonConfig
+from reasoning.reason.tasks import format_completion, policy_prompt
+from reasoning.reason.trainer import ReasonTrainer
 
 TINY = dict(n_train=64, n_test=8, batch_size=2, max_new_tokens=24, eval_size=0, progress=False, lr=1e-3)
 
@@ -26,43 +27,64 @@ def gold_logprob(trainer: ReasonTrainer) -> float:
     rows = list(trainer.task.test)
     policy = trainer.policy
     prompts = policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
-    gold = [trainer._continuation(format_completion(r["trace"], r["answer"])) for r in rows]
+    gold = [trainer.continuation(format_completion(r["trace"], r["answer"])) for r in rows]
     with torch.no_grad(), policy.use("policy"):
         return policy.logprobs(prompts, gold).mean().item()
 
 
-def test_forward_kl_run_raises_heldout_gold_likelihood(tmp_path):
-    config = ReasonConfig(objective="forward_kl", steps=3, k=2, posterior_warmup_steps=2, **TINY)
-    trainer = ReasonTrainer(config, tmp_path / "run")
+# one forward-KL run (2 warm-up + 3 objective updates, traces of at most 16 tokens), trained once for the
+# two tests that read it; checkpoints after updates 3 and 5
+FKL = {**TINY, "max_new_tokens": 16}
+FKL.update(objective="forward_kl", steps=3, k=2, posterior_warmup_steps=2, save_every=3)
+
+
+@pytest.fixture(scope="module")
+def fkl_run(tmp_path_factory):
+    """The uninterrupted run: its directory, summary and held-out gold log-prob before and after."""
+    run = tmp_path_factory.mktemp("fkl") / "full"
+    trainer = ReasonTrainer(ReasonConfig(**FKL), run)
     before = gold_logprob(trainer)
     summary = trainer.fit()
-    after = gold_logprob(trainer)
+    return {"run": run, "summary": summary, "before": before, "after": gold_logprob(trainer)}
+
+
+def test_forward_kl_run_raises_heldout_gold_likelihood(fkl_run):
+    run, summary, before, after = fkl_run["run"], fkl_run["summary"], fkl_run["before"], fkl_run["after"]
     assert summary["finished"] and summary["step"] == 5
-    assert after > before + 2.0, (before, after)  # nats per held-out completion (measured: +3.5)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert after > before + 2.0, (before, after)  # nats per held-out completion (measured: +4.9)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     assert {"elbo", "bound", "ess", "trace_len", "answer_prob", "posterior_accuracy"} <= set(rows[-1])
     assert all(r["elbo"] <= r["bound"] + 1e-9 and 1 <= r["ess"] <= 2 + 1e-9 for r in rows[2:])
     for name in ("policy", "posterior"):
-        assert (tmp_path / "run" / name / "adapter_config.json").is_file()
+        assert (run / name / "adapter_config.json").is_file()
 
 
-def _adapter(run) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "policy" / "adapter_model.safetensors"))
+def _adapter(run, name: str = "policy") -> dict[str, torch.Tensor]:
+    return load_file(str(run / name / "adapter_model.safetensors"))
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
-    config = ReasonConfig(objective="elbo", steps=3, k=1, posterior_warmup_steps=1, save_every=1, **TINY)
-    ReasonTrainer(config, tmp_path / "full").fit()
-    first = ReasonTrainer(config, tmp_path / "cut").fit(stop_after=2)  # "killed" after update 2 of 4
-    assert not first["finished"] and not (tmp_path / "cut" / "policy").exists()
-    resumed = ReasonTrainer(config, tmp_path / "cut").fit()
-    assert resumed["finished"] and resumed["step"] == 4
-    full, cut = _adapter(tmp_path / "full"), _adapter(tmp_path / "cut")
-    assert full.keys() == cut.keys()
-    for name in full:
-        torch.testing.assert_close(full[name], cut[name], rtol=0, atol=1e-6)
-    metrics = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("full", "cut")]
+def test_interrupted_run_resumes_to_the_uninterrupted_result(fkl_run, tmp_path):
+    """A run killed after update 3 of 5 (past q's warm-up), resumed: both adapters and every loss match.
+
+    The killed run starts from the uninterrupted run's own checkpoint after update 3 (written by the same
+    `save_every` rule), so only updates 4 and 5 are trained again: it is killed once more after update 4,
+    before any checkpoint, and then resumed to the end.
+    """
+    config, cut = ReasonConfig(**FKL), tmp_path / "cut"
+    shutil.copytree(fkl_run["run"], cut)
+    for later in ("policy", "posterior", "checkpoints/step-000005"):
+        shutil.rmtree(cut / later)
+    first = ReasonTrainer(config, cut).fit(stop_after=1)  # "killed" after update 4 of 5, no checkpoint
+    assert not first["finished"] and first["step"] == 4 and not (cut / "policy").exists()
+    resumed = ReasonTrainer(config, cut).fit()
+    assert resumed["finished"] and resumed["step"] == 5
+    for adapter in ("policy", "posterior"):
+        full, again = _adapter(fkl_run["run"], adapter), _adapter(cut, adapter)
+        assert full.keys() == again.keys()
+        for name in full:
+            torch.testing.assert_close(full[name], again[name], rtol=0, atol=1e-6)
+    metrics = [(d / "metrics.jsonl").read_text().splitlines() for d in (fkl_run["run"], cut)]
     assert [json.loads(x)["loss"] for x in metrics[0]] == pytest.approx(
         [json.loads(x)["loss"] for x in metrics[1]]
     )
@@ -70,10 +92,26 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 def test_resuming_with_another_config_is_refused(tmp_path):
     from dln.errors import DLNError
+    from dln.rundir import RunDir
 
-    ReasonTrainer(ReasonConfig(objective="sft", steps=1, **TINY), tmp_path).write_config()
+    ReasonTrainer(ReasonConfig(objective="sft", steps=1, **TINY), tmp_path).start()
     with pytest.raises(DLNError, match="different config"):
-        ReasonTrainer(ReasonConfig(objective="sft", steps=2, **TINY), tmp_path).write_config()
+        ReasonTrainer(ReasonConfig(objective="sft", steps=2, **TINY), tmp_path).start()
+    # what may change on resume: the progress bar and the evaluation size
+    resumed = ReasonConfig(objective="sft", steps=1, **{**TINY, "eval_size": 3, "progress": True})
+    assert RunDir(tmp_path).start(resumed, ignored=ReasonConfig.RESUME_IGNORED)
+
+
+def test_grpo_trl_resuming_with_another_config_is_refused(tmp_path):
+    """grpo_trl checks a resumed run's config through the same `RunDir.start`, before TRL starts."""
+    from dln.errors import DLNError
+    from dln.rundir import RunDir
+    from reasoning.reason.grpo_trl import train_grpo_trl
+
+    first = ReasonConfig(objective="grpo_trl", steps=1, k=2, **TINY)
+    RunDir(tmp_path).start(first, ignored=ReasonConfig.RESUME_IGNORED)
+    with pytest.raises(DLNError, match="different config"):
+        train_grpo_trl(ReasonConfig(objective="grpo_trl", steps=2, k=2, **TINY), tmp_path)
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path):
@@ -134,7 +172,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 def test_grpo_with_trl_grpotrainer_saves_a_loadable_adapter(tmp_path):
     """grpo_trl: TRL's GRPOTrainer, same reward and budget; its adapter loads as hf:<run>/policy."""
     from dln.lm import load_model
-    from reasoning.grpo_trl import correctness_reward, train_grpo_trl
+    from reasoning.reason.grpo_trl import correctness_reward, train_grpo_trl
 
     assert correctness_reward([[{"content": "1 + 1 = 2\nAnswer: 2"}], "Answer: 3"], ["2", "2"]) == [1.0, 0.0]
     config = ReasonConfig(

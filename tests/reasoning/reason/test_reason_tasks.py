@@ -8,8 +8,8 @@ import pytest
 
 from dln.cli import main
 from dln.errors import DLNError
-from reasoning.reasoning_config import ReasonConfig
-from reasoning.tasks import (
+from reasoning.reason.config import ReasonConfig
+from reasoning.reason.tasks import (
     answer_suffix,
     chain_task,
     extract_answer,

@@ -1,0 +1,1 @@
+"""Variational reasoning: thinking traces as latent variables (see docs/reason.md); `dln reason`."""
