@@ -26,14 +26,6 @@ class Batch:
     label_sets: list[list[str]]
 
 
-def evaluate_prompt(
-    layer: LanguageLayer, model: LanguageModel, prompt: str, batch: Batch, hidden: list[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """log p(gold) per example and the predicted labels, for one prompt."""
-    (rows,) = label_logprobs(layer, model, [prompt], batch.inputs, batch.label_sets, hidden)
-    return gold_logprobs([rows], batch.targets, batch.label_sets)[0], predictions(rows, batch.label_sets)
-
-
 def split_outcomes(batch: Batch, predicted: list[str], hidden: list[str] | None = None):
     show = [
         x if hidden is None else f"{x}\nReasoning: {h}" for x, h in zip(batch.inputs, hidden or batch.inputs)
@@ -87,12 +79,19 @@ def dln1_step(
     """
     current = layer.prompt
     propose_half, rank_half = split_for_ranking(batch, config.held_out_ranking)
-    gold_current, predicted = evaluate_prompt(layer, model, current, propose_half)
+    (current_rows,) = label_logprobs(layer, model, [current], propose_half.inputs, propose_half.label_sets)
+    predicted = predictions(current_rows, propose_half.label_sets)
     successes, errors = split_outcomes(propose_half, predicted)
     proposals = propose(backward, config, current, successes, errors, labels, seed)
     remembered = [m for m in (memory or []) if m != current and m not in proposals]
     candidates = [current] + remembered + proposals
-    per_example = label_logprobs(layer, model, candidates, rank_half.inputs, rank_half.label_sets)
+    if rank_half is propose_half:  # the current prompt's rows are the ones just computed
+        others = candidates[1:]
+        per_example = [current_rows] + (
+            label_logprobs(layer, model, others, rank_half.inputs, rank_half.label_sets) if others else []
+        )
+    else:
+        per_example = label_logprobs(layer, model, candidates, rank_half.inputs, rank_half.label_sets)
     gold = gold_logprobs(per_example, rank_half.targets, rank_half.label_sets)  # (C, B)
     loglik = gold.mean(axis=1)
     accuracy = np.array(

@@ -106,14 +106,7 @@ class CachedLanguageModel(LanguageModel):
         return self._through_cache(keys, prompts, lambda missing: self.inner._generate(missing, options))
 
     def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
-        keys = [
-            request_key(uri=self.uri, method="score", context=c, continuation=x)
-            for c, x in zip(contexts, continuations)
-        ]
-        pairs = list(zip(contexts, continuations))
-        return self._through_cache(
-            keys, pairs, lambda missing: self.inner._score([c for c, _ in missing], [x for _, x in missing])
-        )
+        return self._pairs_through_cache("score", contexts, continuations, self.inner._score)
 
     def _sample(
         self, prompts: list[Prompt], options: SamplingOptions, top_p: float
@@ -135,15 +128,17 @@ class CachedLanguageModel(LanguageModel):
         return [[ScoredSample(text, tuple(ids), lp) for text, ids, lp in row] for row in rows]
 
     def _score_ids(self, contexts: list[Prompt], continuations: list[list[int]]) -> list[list[float]]:
+        return self._pairs_through_cache("score_ids", contexts, continuations, self.inner._score_ids)
+
+    def _pairs_through_cache(self, method: str, contexts: list, continuations: list, compute) -> list:
+        """(context, continuation) requests, keyed per pair; only the missing pairs reach `compute`."""
         keys = [
-            request_key(uri=self.uri, method="score_ids", context=c, continuation=x)
+            request_key(uri=self.uri, method=method, context=c, continuation=x)
             for c, x in zip(contexts, continuations)
         ]
         pairs = list(zip(contexts, continuations))
         return self._through_cache(
-            keys,
-            pairs,
-            lambda missing: self.inner._score_ids([c for c, _ in missing], [x for _, x in missing]),
+            keys, pairs, lambda missing: compute([c for c, _ in missing], [x for _, x in missing])
         )
 
     def _through_cache(self, keys: list[str], requests: list, compute: Callable[[list], list]) -> list:

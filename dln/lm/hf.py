@@ -70,36 +70,17 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     def _generate(self, prompts: list[Prompt], options: SamplingOptions) -> list[list[str]]:
         if options.max_tokens == 0:
             return [[""] * options.n for _ in prompts]
-        encoded = [self.encode_prompt(p) for p in prompts]
-        return [
-            out for chunk in _chunks(encoded, self.batch_size) for out in self._generate_batch(chunk, options)
+        rows = self._sample_rows([self.encode_prompt(p) for p in prompts], options)
+        texts = [
+            truncate_at_stop(t, options.stop)
+            for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         ]
+        return [texts[i * options.n : (i + 1) * options.n] for i in range(len(prompts))]
 
-    def _generate_batch(self, encoded: list[list[int]], options: SamplingOptions) -> list[list[str]]:
-        rows, sequences = sampling.sample_ids(
-            self.model,
-            self.tokenizer,
-            encoded,
-            n=options.n,
-            temperature=options.temperature,
-            max_new_tokens=options.max_tokens,
-            seed=options.seed,
-            stop=options.stop,
-        )
-        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        texts = [truncate_at_stop(t, options.stop) for t in texts]
-        copies = options.n // sequences
-        return [texts[i * sequences : (i + 1) * sequences] * copies for i in range(len(encoded))]
-
-    # -- scoring -------------------------------------------------------------------------------------
-    def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
-        return self._score_ids(contexts, [self.encode_continuation(c) for c in continuations])
-
-    def _sample(
-        self, prompts: list[Prompt], options: SamplingOptions, top_p: float
-    ) -> list[list[ScoredSample]]:
-        """Samples by the one sampling rule, scored on their own ids under the distribution that drew them."""
-        encoded = [self.encode_prompt(p) for p in prompts]
+    def _sample_rows(
+        self, encoded: list[list[int]], options: SamplingOptions, top_p: float = 1.0
+    ) -> list[list[int]]:
+        """n id rows per prompt, prompt-major, by the one sampling rule (a greedy row copied n times)."""
         rows: list[list[int]] = []
         for chunk in _chunks(encoded, self.batch_size):
             new, per_prompt = sampling.sample_ids(
@@ -111,12 +92,23 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
                 top_p=top_p,
                 max_new_tokens=options.max_tokens,
                 seed=options.seed,
+                stop=options.stop,
             )
+            copies = options.n // per_prompt
             rows += [
-                row
-                for i in range(len(chunk))
-                for row in new[i * per_prompt : (i + 1) * per_prompt] * (options.n // per_prompt)
+                row for i in range(len(chunk)) for row in new[i * per_prompt : (i + 1) * per_prompt] * copies
             ]
+        return rows
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
+        return self._score_ids(contexts, [self.encode_continuation(c) for c in continuations])
+
+    def _sample(
+        self, prompts: list[Prompt], options: SamplingOptions, top_p: float
+    ) -> list[list[ScoredSample]]:
+        """Samples by the one sampling rule, scored on their own ids under the distribution that drew them."""
+        rows = self._sample_rows([self.encode_prompt(p) for p in prompts], options, top_p)
         contexts = [p for p in prompts for _ in range(options.n)]
         if options.greedy:
             logprobs = [0.0] * len(rows)  # a point mass
