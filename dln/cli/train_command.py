@@ -46,6 +46,9 @@ def register(subparsers) -> None:
     evaluate.add_argument("--run", required=True, help="run directory written by dln train")
     evaluate.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which split")
     evaluate.add_argument("--data", help="evaluate on this JSONL/CSV file instead of the run's split")
+    evaluate.add_argument(
+        "--name", help="task name to report (default: the task's, or the --data file's directory name)"
+    )
     evaluate.add_argument("--limit", type=int, default=0, help="first N examples only (0: all)")
     evaluate.add_argument("--no-cache", action="store_true", help="bypass the request cache")
     evaluate.add_argument("--cache", default=None, metavar="PATH", help="request-cache file")
@@ -63,7 +66,10 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
         cli_values["model"] = args.model
     values = apply_preset(read_yaml(args.config) if args.config else {}, cli_values)
     config = build_config(TrainConfig, values, source=args.config or "command line")
-    out = args.out or f"runs/{config.task or Path(config.train or 'task').stem}-{config.method}-{config.seed}"
+    from dln.data.loading import user_task_name
+
+    task_name = config.task or (user_task_name(config.train) if config.train else "task")
+    out = args.out or f"runs/{task_name}-{config.method}-{config.seed}"
     model = load_model(config.model, cache=False if args.no_cache else args.cache)
     trainer = PromptTrainer(config, out, model=model, progress=not args.quiet)
     calls = trainer.projected_calls()
@@ -89,7 +95,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     from dln.config import build_config, read_yaml
-    from dln.data.loading import load_task, read_split
+    from dln.data.loading import load_task, read_split, user_task_name
     from dln.lm import load_model
     from dln.program import load_program
     from dln.train import accuracy, split_batch
@@ -112,7 +118,7 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
                 "accuracy": accuracy(program, batch),
                 "n": len(batch.inputs),
                 "split": args.data or args.split,
-                "task": task.name,
+                "task": args.name or (user_task_name(args.data) if args.data else task.name),
                 "method": config.method,
                 "run": str(run),
             }

@@ -55,8 +55,11 @@ def ensure_default_model() -> Path:
     return target
 
 
-def convert_gguf(source: Path, target: Path) -> None:
-    """Dequantise a GGUF checkpoint into a clean fp32 safetensors directory at `target` (atomic)."""
+def convert_gguf(source: Path, target: Path, extra_files: dict[str, str] | None = None) -> None:
+    """Dequantise a GGUF checkpoint into a clean fp32 safetensors directory at `target` (atomic).
+
+    `extra_files` (name -> text) are written into the directory before it is renamed into place.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -64,9 +67,15 @@ def convert_gguf(source: Path, target: Path) -> None:
         raise DLNError(f"converting the default model needs the `gguf` package: {INSTALL_HINT}")
     log.info("converting %s into %s (once)", source.name, target)
     directory, name = str(source.parent), source.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(directory, gguf_file=name)
+    except (ValueError, KeyError, NotImplementedError) as err:
+        raise DLNError(
+            f"transformers cannot convert {source.name}: {err}. Only architectures transformers reads from "
+            "GGUF can be prepared (llama, qwen2, mistral, gemma, phi3, ...)"
+        ) from err
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.float32
@@ -81,6 +90,8 @@ def convert_gguf(source: Path, target: Path) -> None:
     try:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        for file_name, text in (extra_files or {}).items():
+            (staging / file_name).write_text(text)
         if target.exists():  # another process finished first: keep its copy
             return
         os.replace(staging, target)

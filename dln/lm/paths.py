@@ -1,7 +1,8 @@
 """Model names -> local files: the one place that knows where a model lives (no backend imported here).
 
-`default` is the converted built-in model; an existing path is itself; anything else must already sit in
-the local Hugging Face cache, because nothing is downloaded at run time. Backends (`hf`, `vllm`), the
+`default` is the converted built-in model; an existing path is itself; a name given to `dln prepare --gguf
+FILE --name NAME` is that prepared directory; anything else must already sit in the local Hugging Face
+cache, because nothing is downloaded at run time. Backends (`hf`, `vllm`), the
 fine-tuning policy and the server all resolve names here, so `registry` can import the backends without a
 circle.
 """
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from dln.errors import DLNError
 
-URI_HELP = "use hf:default, hf:<path>, vllm:<path> or openai:<model>@<base_url>"
+URI_HELP = (
+    "use hf:default, hf:<name given to dln prepare>, hf:<path>, vllm:<path> or openai:<model>@<base_url>"
+)
 
 
 def resolve_model_path(name: str) -> str:
@@ -38,6 +41,10 @@ def resolve_model_path(name: str) -> str:
         return str(path)
     if name.startswith((".", "/", "~")):
         raise DLNError(f"model path {name} does not exist; {URI_HELP}")
+    from dln.lm.gguf_import import NAME_PATTERN, prepared_model_dir
+
+    if NAME_PATTERN.match(name) and (prepared_model_dir(name) / "config.json").is_file():
+        return str(prepared_model_dir(name))
     return name
 
 

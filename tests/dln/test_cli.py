@@ -73,3 +73,39 @@ def test_bad_input_is_one_clear_line(args, stdin, message):
     result = dln(*args, "--no-cache", stdin=stdin)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--gguf", "model.gguf"), "give both --gguf"),
+        (("--gguf", "/no/such/model.gguf", "--name", "m"), "does not exist"),
+    ],
+)
+def test_prepare_refuses_bad_gguf_arguments(args, message):
+    result = dln("prepare", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_names_a_user_task_after_its_directory_or_name(tmp_path, capsys):
+    from dln.cli import main
+
+    rows = [{"input": f"review {i}: {'great' if i % 2 else 'awful'}", "target": "yes" if i % 2 else "no"}
+            for i in range(4)]
+    for folder in ("reviews", "other"):
+        (tmp_path / folder).mkdir()
+        for split in ("train", "dev", "test"):
+            (tmp_path / folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = [f"--{s}={tmp_path / 'reviews' / f'{s}.jsonl'}" for s in ("train", "dev", "test")]
+    run = tmp_path / "run"
+    assert main(["train", *files, "--iterations", "0", "--quiet", "--no-cache", "--out", str(run)]) == 0
+
+    def task_of(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["eval", "--run", str(run), "--no-cache", *extra]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["task"]
+
+    assert task_of() == "reviews"
+    assert task_of("--data", str(tmp_path / "other" / "test.jsonl")) == "other"
+    assert task_of("--name", "my-reviews") == "my-reviews"
