@@ -90,6 +90,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a config key for every run (e.g. held_out_ranking=true); use its own --out",
     )
+    parser.add_argument("--model", default="hf:default", help="model URI for every run (e.g. hf:NAME)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test examples (0: all)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument(
@@ -97,8 +98,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    keys = dict(item.split("=", 1) for item in args.set)
-    model = None if args.report else load_model("hf:default")
+    keys = {"model": args.model, **dict(item.split("=", 1) for item in args.set)}
+    model = None if args.report else load_model(args.model)
     rows = []
     for task in args.tasks:
         cells = []
@@ -129,7 +130,7 @@ def main() -> None:
         rows.append(f"| {task} | " + " | ".join(cells) + " |")
     print(
         f"\nTest accuracy, mean ± std over the finished ones of seeds {args.seeds}, preset {args.preset}, "
-        f"(mean wall time per run), default model:\n"
+        f"(mean wall time per run), {args.model}:\n"
     )
     print("| task | " + " | ".join(args.methods) + " |")
     print("|---" * (len(args.methods) + 1) + "|")

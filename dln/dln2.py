@@ -78,6 +78,24 @@ def log_weights(log_p_y, log_p_h, log_q, ids, kind: str = "exact") -> np.ndarray
     return log_p_y + log_p_h - log_q
 
 
+def posterior_terms(
+    hidden: LanguageLayer,
+    output: LanguageLayer,
+    model: LanguageModel,
+    batch: Batch,
+    config: TrainConfig,
+    seed: int,
+):
+    """The three terms of log w for K samples per example, flattened example-major (B*K): the hidden texts,
+    their token ids, the output layer's label log-prob rows, log p(y | x, h), log p(h | x) and log q."""
+    texts, ids, log_q = sample_posterior(hidden, model, batch, config, seed)
+    flat = repeat(batch, config.num_hidden_samples)
+    log_p_h = hidden.log_p_ids(model, flat.inputs, ids)
+    (rows,) = label_logprobs(output, model, [output.prompt], flat.inputs, flat.label_sets, texts)
+    log_p_y = gold_logprobs([rows], flat.targets, flat.label_sets)[0]
+    return texts, ids, rows, log_p_y, log_p_h, log_q
+
+
 def dln2_step(
     hidden: LanguageLayer,
     output: LanguageLayer,
@@ -90,11 +108,7 @@ def dln2_step(
 ) -> dict:
     """Update both layers' prompts in place; return the iteration's metrics."""
     k = config.num_hidden_samples
-    texts, ids, log_q = sample_posterior(hidden, model, batch, config, seed)
-    flat = repeat(batch, k)
-    log_p_h = hidden.log_p_ids(model, flat.inputs, ids)
-    (rows,) = label_logprobs(output, model, [output.prompt], flat.inputs, flat.label_sets, texts)
-    log_p_y = gold_logprobs([rows], flat.targets, flat.label_sets)[0]
+    texts, ids, rows, log_p_y, log_p_h, log_q = posterior_terms(hidden, output, model, batch, config, seed)
     log_w = torch.tensor(log_weights(log_p_y, log_p_h, log_q, ids, config.hidden_weights))
     log_w = log_w.reshape(len(batch.inputs), k)  # (B, K)
     weights = vi.normalized_weights(log_w, temperature=config.posterior_temperature).numpy()
