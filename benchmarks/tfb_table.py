@@ -27,14 +27,13 @@ import numpy as np
 METHODS = ("MAP", "MC-dropout", "Temp. scaling", "TFB")
 
 
-def run_one(task: str, seed: int, args) -> dict:
+def fit_map_and_sigma(task: str, seed: int, args):
+    """Train (or reuse) the MAP adapter, then search TFB's sigma on the anchor examples."""
     from dln.config import load_config
-    from dln.data.loading import example_labels, load_task
-    from reasoning.tfb.baselines import fit_temperature, scale
+    from dln.data.loading import load_task
     from reasoning.tfb.bayesian_lora import BayesianLoRA
     from reasoning.tfb.config import MapTrainConfig
     from reasoning.tfb.map_train import train_map
-    from reasoning.tfb.metrics import all_metrics
 
     overrides = {"seed": seed, **({"steps": args.steps} if args.steps else {})}
     config = load_config(MapTrainConfig, Path("configs/tfb") / f"{task}.yaml", overrides)  # task: config name
@@ -57,6 +56,13 @@ def run_one(task: str, seed: int, args) -> dict:
         steps=args.search_steps,
         seed=seed,
     )
+    return config, trained, bayes, data, [offset, len(anchor)], search
+
+
+def predictions(bayes, data, seed: int, args) -> tuple[dict, dict, float, np.ndarray]:
+    """Test probabilities of every method (temperature scaling fitted on dev), their times, T, labels."""
+    from dln.data.loading import example_labels
+    from reasoning.tfb.baselines import fit_temperature, scale
 
     def split(name: str, limit: int):
         rows = data.split(name).select(range(min(limit, len(data.split(name)))))
@@ -66,33 +72,37 @@ def run_one(task: str, seed: int, args) -> dict:
 
     test_x, test_labels, test_y = split("test", args.test_limit)
     dev_x, dev_labels, dev_y = split("dev", args.dev_limit)
-    timed: dict[str, float] = {}
-
-    def predict(name: str, fn):
-        start = time.time()
-        probs = fn()
-        timed[name] = time.time() - start
-        return probs
-
-    probs = {
-        "MAP": predict("map", lambda: bayes.predict_proba(encoded=test_x, row_labels=test_labels, samples=0)),
-        "MC-dropout": predict(
-            "mc",
+    methods = {
+        "map": ("MAP", lambda: bayes.predict_proba(encoded=test_x, row_labels=test_labels, samples=0)),
+        "mc": (
+            "MC-dropout",
             lambda: bayes.mc_dropout_proba(
                 encoded=test_x, row_labels=test_labels, samples=args.samples, seed=seed
             ),
         ),
-        "TFB": predict(
-            "tfb",
+        "tfb": (
+            "TFB",
             lambda: bayes.predict_proba(
                 encoded=test_x, row_labels=test_labels, samples=args.samples, seed=seed
             ),
         ),
     }
+    probs, timed = {}, {}
+    for key, (name, fn) in methods.items():
+        start = time.time()
+        probs[name] = fn()
+        timed[key] = time.time() - start
     dev_probs = bayes.predict_proba(encoded=dev_x, row_labels=dev_labels, samples=0)
-    dev_logp = np.log(np.maximum(dev_probs, 1e-300))
-    temperature = fit_temperature(dev_logp, dev_y)
+    temperature = fit_temperature(np.log(np.maximum(dev_probs, 1e-300)), dev_y)
     probs["Temp. scaling"] = scale(np.log(np.maximum(probs["MAP"], 1e-300)), temperature)
+    return probs, timed, temperature, test_y
+
+
+def run_one(task: str, seed: int, args) -> dict:
+    from reasoning.tfb.metrics import all_metrics
+
+    config, trained, bayes, data, anchor, search = fit_map_and_sigma(task, seed, args)
+    probs, timed, temperature, test_y = predictions(bayes, data, seed, args)
     return {
         "task": task,
         "seed": seed,
@@ -101,7 +111,7 @@ def run_one(task: str, seed: int, args) -> dict:
         "train_seconds": trained["train_seconds"],
         "search_seconds": bayes.search["seconds"],
         "search_evaluations": len(search.trace) + 1,
-        "anchor": [offset, len(anchor)],
+        "anchor": anchor,
         "config": {
             k: getattr(config, k) for k in ("train_limit", "steps", "batch_size", "lr", "lora_dropout")
         },
