@@ -86,10 +86,15 @@ class HFEngine:
         return [samples[i * params.n : (i + 1) * params.n] for i in range(len(keys))]
 
     def to_sample(self, ids: list[int], params: SamplingParams) -> Sample:
-        """A generated row as a sample: cut at its end token or stop string, with its finish reason."""
+        """A generated row as a sample: cut at its end token or stop string, with its finish reason.
+
+        A row that ends with an end-of-sequence token keeps that token (not its text), as vLLM does: it was
+        generated, so it is counted and gets a log-prob (an echo-scoring client such as lm-eval relies on
+        exactly one generated token after the prompt's, whichever it is).
+        """
         # A row ends at its first end-of-sequence token; a row stopped by a stop string is padded with it.
         cut = next((i for i, t in enumerate(ids) if t in self.end_ids), None)
-        ids = ids if cut is None else ids[:cut]
+        ids = ids if cut is None else ids[: cut + 1]
         full = self.tokenizer.decode(ids, skip_special_tokens=True)
         text = truncate_at_stop(full, params.stop)
         if len(text) < len(full):
