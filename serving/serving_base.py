@@ -54,6 +54,14 @@ class Ranked:
     samples: list[Sample]
     rewards: list[float] | None
     all_rewards: list[float] | None
+    extra: dict | None = None  # extension fields of every choice of the prompt (choice decoding's)
+
+    def choice_extra(self, j: int) -> dict:
+        """The extension fields of the j-th choice."""
+        extra = dict(self.extra or {})
+        if self.all_rewards is not None:
+            extra.update(reward=self.rewards[j], rewards=self.all_rewards)
+        return extra
 
 
 class OpenAIServing:
