@@ -20,6 +20,7 @@ import numpy as np
 from dln.lm import tokens
 from serving.backends.jobs import Sample, ScoreJob, TokenLogprobs
 from serving.errors import BadRequestError
+from serving.serving_base import GREEDY_BELOW
 
 PARAM = "structured_outputs"
 
@@ -63,7 +64,7 @@ async def choose(
 def pick(totals: list[float], temperature: float, top_p: float, n: int, rng) -> list[int]:
     """n choice indices: the argmax when greedy, else draws from softmax(totals / T) within the top-p set."""
     best = int(np.argmax(totals))
-    if temperature == 0.0:
+    if temperature < GREEDY_BELOW:
         return [best] * n
     logits = np.asarray(totals) / temperature
     probs = np.exp(logits - logits.max())

@@ -130,8 +130,9 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if not loc:
         return f"the request body must be a JSON object ({first['msg']})", None
+    loc = [p for p in loc if not _is_type_name(p)] or loc
     param = loc[0] if loc else None
-    path = ".".join(p for p in loc if not _is_type_name(p)) or "body"
+    path = ".".join(loc) or "body"
     message = f"{path}: {first['msg']}"
     if first.get("type") == "missing":
         message = f"missing required field: {path}"
@@ -146,7 +147,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
 
 def _is_type_name(part: str) -> bool:
     # pydantic names union members after their type, e.g. "str", "list[int]", "function-after[...]".
-    return part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part
+    # A model of a union body (`TokenizeChatRequest`) is named in CamelCase; fields are snake_case.
+    return part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part or part[:1].isupper()
 
 
 def install_error_handlers(app: FastAPI) -> None:

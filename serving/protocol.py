@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_serializer
 
 #: the most top log-probs a request may ask for per token (Microsoft's DLN code asks for 100).
 MAX_LOGPROBS = 100
@@ -47,10 +47,23 @@ def valid_unicode(text: str) -> str:
     return text
 
 
+def integral(value):
+    """3.0 is the integer 3, as JSON Schema says; 3.5, "3" and true are still refused (strict)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 #: a string field whose text reaches the tokenizer
 Text = Annotated[str, AfterValidator(valid_unicode)]
 StopString = Annotated[Text, Field(max_length=MAX_STOP_LENGTH)]
-TokenId = Annotated[int, Field(ge=0)]
+
+
+def Int(**bounds) -> type:  # noqa: N802 (a type)
+    """An integer field of a request with its bounds (`ge`, `le`): strict, but an integral float such as
+    3.0 is that integer. (The bounds go inside, before the validator, so the JSON schema shows them.)"""
+    return Annotated[int, Field(**bounds), BeforeValidator(integral)]
+
+
+TokenId = Int(ge=0)
 
 
 class OpenAIBaseModel(BaseModel):
@@ -80,10 +93,10 @@ class SamplingFields(RequestModel):
     model: Text
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
-    best_of: int | None = Field(None, ge=1, le=MAX_N)
+    n: Int(ge=1, le=MAX_N) = 1
+    best_of: Int(ge=1, le=MAX_N) | None = None
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = Field(None, ge=INT64[0], le=INT64[1])
+    seed: Int(ge=INT64[0], le=INT64[1]) | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     reward: Text | None = Field(None, description="extension: a registered reward ranks the n samples")
@@ -105,8 +118,8 @@ class CompletionRequest(SamplingFields):
         | Annotated[list[TokenId], Field(min_length=1)]
         | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1)]
     )
-    max_tokens: int = Field(16, ge=0)
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    max_tokens: Int(ge=0) = 16
+    logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
     echo: bool = False
 
 
@@ -131,10 +144,10 @@ class ChatMessage(RequestModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: Int(ge=0) | None = None
+    max_completion_tokens: Int(ge=0) | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
 
 
 # -- responses ---------------------------------------------------------------------------------------
@@ -157,7 +170,23 @@ class CompletionLogprobs(OpenAIBaseModel):
     text_offset: list[int] = Field(default_factory=list)
 
 
+def declare_choice_extensions(schema: dict) -> None:
+    """The extension fields a choice may carry, declared in the OpenAPI document (they are not fields, so
+    a choice without them does not carry them as nulls; a program may add its own, e.g. `label_probs`)."""
+    schema["properties"].update(
+        reward={"type": "number", "description": "extension: the chosen sample's reward (Best-of-N)"},
+        rewards={"type": "array", "items": {"type": "number"}, "description": "extension: every sample's"},
+        choice_logprobs={
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "extension: log p(choice | prompt) of every choice (structured_outputs.choice)",
+        },
+    )
+
+
 class CompletionChoice(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra=declare_choice_extensions)
+
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
@@ -193,6 +222,8 @@ class AssistantMessage(OpenAIBaseModel):
 
 
 class ChatChoice(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra=declare_choice_extensions)
+
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
