@@ -62,8 +62,7 @@ def create_app(
         api_key: when set, every route but `/health` needs `Authorization: Bearer <api_key>`.
         max_body_bytes: larger request bodies get 413.
     """
-    if isinstance(backend, LanguageModel):
-        backend = HFBackend(backend)
+    backend = HFBackend(backend) if isinstance(backend, LanguageModel) else backend
     models = ModelRegistry(served_name, base_uri or getattr(backend, "uri", served_name))
     for name, program in (programs or {}).items():
         models.add_program(name, program)
@@ -93,8 +92,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     install_openapi(app, api_key=bool(api_key), public_paths=PUBLIC_PATHS)
-    # Added last runs first: metrics see every answer, then the key is checked, then the body size, before a
-    # byte of the body is parsed.
+    # The last added runs first: metrics see every answer; the key and the body size are checked unparsed.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
