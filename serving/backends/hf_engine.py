@@ -16,6 +16,7 @@ import torch
 
 from dln.lm import sampling
 from dln.lm.base import truncate_at_stop
+from serving.backends import one_token
 from serving.backends.jobs import GenerateJob, Sample, SamplingParams, ScoreJob, TokenLogprobs
 from serving.backends.logprobs import token_logprobs
 from serving.backends.streaming import RowStreamer
@@ -51,6 +52,8 @@ class HFEngine:
     def generate(self, jobs: Sequence[GenerateJob]) -> list[list[list[Sample]]]:
         """Samples for every job, prompt and choice: result[job][prompt][sample]. All jobs share params."""
         params = jobs[0].params
+        if one_token.applies(params, jobs):  # greedy 1-token scoring requests: one forward, no second prefill
+            return one_token.generate(self, jobs)
         rows = [(j, p) for j, job in enumerate(jobs) for p in range(len(job.prompts))]
         out: dict[tuple[int, int], list[Sample]] = {}
         step = max(1, MAX_ROWS // params.n)
