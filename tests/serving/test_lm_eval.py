@@ -91,7 +91,8 @@ def test_local_completions_agree_with_lm_evals_hf_model(server, hf_model, task_d
         "max_retries": 1,
     }
     got_metrics, got = evaluate_remote(remote, task_dir)
-    print(f"hf: {want_metrics}\nlocal-completions: {got_metrics}")
+    diff = float(np.max(np.abs(np.array(got) - np.array(want))))
+    print(f"hf: {want_metrics}\nlocal-completions: {got_metrics}\nlargest per-request difference {diff:.2e}")
     assert len(got) == len(want) == len(QUESTIONS) + len(RAW)
     np.testing.assert_allclose(np.array(got), np.array(want), atol=1e-4, rtol=0)
     for metric in ("acc,none", "acc_norm,none"):
