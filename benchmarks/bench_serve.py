@@ -258,9 +258,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    kind = "1-token scoring requests (logprobs 100)" if args.scoring else f"{args.max_tokens} tokens each"
     print(
-        f"model {args.model}, {args.requests} requests per run (cap {args.time_cap:.0f} s), "
-        f"{args.max_tokens} tokens each, torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs"
+        f"model {args.model}, {args.requests} requests per run (cap {args.time_cap:.0f} s), {kind}, "
+        f"torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs"
     )
     if args.soak:
         return soak(args)
