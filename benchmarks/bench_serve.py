@@ -10,6 +10,10 @@ alike. Greedy answers of the batched server are compared with the one-at-a-time 
     python benchmarks/bench_serve.py [--requests 64] [--time-cap 120] [--levels 1 8 32] [--max-tokens 16]
                                      [--threads 1]
     python benchmarks/bench_serve.py --soak 600    # by hand: 10 minutes at moderate load, memory start/end
+    python benchmarks/bench_serve.py --scoring --baseline-src ../old-checkout
+        # 1-token scoring requests (Microsoft DLN's: max_tokens 1, logprobs 100, ~100-token prompts) against
+        # this checkout's server and, instead of the one-at-a-time server, a batched server run from another
+        # checkout of the code (before a change), same machine, same run
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ SUBJECTS = [
     "coffee",
 ]
 PROMPTS = [f"Write one sentence about {s}:" for s in SUBJECTS]
+#: ~100-token prompts for scoring requests, each ending in a different subject
+SCORING_PROMPTS = [
+    " ".join(f"Here is a short note about {t}." for t in SUBJECTS[:8]) + f" And one about {s}:"
+    for s in SUBJECTS
+]
+
+
+def request_body(index: int, args: argparse.Namespace) -> dict:
+    if args.scoring:  # Microsoft DLN's scoring call
+        prompt = SCORING_PROMPTS[index % len(SCORING_PROMPTS)]
+        return {"model": "default", "prompt": prompt, "max_tokens": 1, "logprobs": 100, "temperature": 0}
+    prompt = PROMPTS[index % len(PROMPTS)]
+    return {"model": "default", "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
 
 
 @dataclass
@@ -78,8 +95,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(name: str, max_batch_size: int, args: argparse.Namespace):
-    """A `dln serve` subprocess on a free loopback port; yields its /v1 URL."""
+def server(name: str, max_batch_size: int, args: argparse.Namespace, src: str | None = None):
+    """A `dln serve` subprocess on a free loopback port (from the checkout `src` if given); yields its /v1
+    URL."""
     port = free_port()
     command = [
         sys.executable,
@@ -100,7 +118,8 @@ def server(name: str, max_batch_size: int, args: argparse.Namespace):
         "warning",
     ]
     log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(src)} if src else None
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=src, env=env)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -122,8 +141,8 @@ def server(name: str, max_batch_size: int, args: argparse.Namespace):
         log.close()
 
 
-async def load(base_url: str, clients: int, requests: int, time_cap: float, max_tokens: int) -> Run:
-    """`clients` concurrent loops sending greedy completions until `requests` are sent or time is up."""
+async def load(base_url: str, clients: int, requests: int, time_cap: float, args: argparse.Namespace) -> Run:
+    """`clients` concurrent loops sending greedy requests until `requests` are sent or time is up."""
     run = Run()
     next_index = 0
     start = time.perf_counter()
@@ -137,12 +156,7 @@ async def load(base_url: str, clients: int, requests: int, time_cap: float, max_
                 index = next_index
                 next_index += 1
                 run.sent += 1
-                body = {
-                    "model": "default",
-                    "prompt": PROMPTS[index % len(PROMPTS)],
-                    "max_tokens": max_tokens,
-                    "temperature": 0,
-                }
+                body = request_body(index, args)
                 sent_at = time.perf_counter()
                 try:
                     response = await client.post("/completions", json=body)
@@ -184,7 +198,7 @@ def rss_mib(pid: int) -> float:
 def soak(args: argparse.Namespace) -> None:
     """Moderate load for `args.soak` seconds; memory after warm-up, every minute, and at the end."""
     with server("batched", 32, args) as (url, pid):
-        asyncio.run(load(url, args.soak_clients, 2 * args.soak_clients, args.time_cap, args.max_tokens))
+        asyncio.run(load(url, args.soak_clients, 2 * args.soak_clients, args.time_cap, args))
         start_rss, samples = rss_mib(pid), []
         print(
             f"soak: {args.soak_clients} clients for {args.soak:.0f} s; RSS after warm-up {start_rss:.1f} MiB"
@@ -192,7 +206,7 @@ def soak(args: argparse.Namespace) -> None:
         total, deadline = Run(), time.monotonic() + args.soak
         while time.monotonic() < deadline:
             minute = min(60.0, deadline - time.monotonic())
-            run = asyncio.run(load(url, args.soak_clients, 10**9, minute, args.max_tokens))
+            run = asyncio.run(load(url, args.soak_clients, 10**9, minute, args))
             total.latencies += run.latencies
             total.errors += run.errors
             total.sent += run.sent
@@ -230,6 +244,12 @@ def main() -> None:
         "report its memory at start and end",
     )
     parser.add_argument("--soak-clients", type=int, default=8, help="concurrent clients during --soak")
+    parser.add_argument("--scoring", action="store_true", help="send 1-token scoring requests (logprobs 100)")
+    parser.add_argument(
+        "--baseline-src",
+        help="compare with a batched server run from this checkout (e.g. a git worktree before a change) "
+        "instead of the one-at-a-time server",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -238,25 +258,27 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    kind = "1-token scoring requests (logprobs 100)" if args.scoring else f"{args.max_tokens} tokens each"
     print(
-        f"model {args.model}, {args.requests} requests per run (cap {args.time_cap:.0f} s), "
-        f"{args.max_tokens} tokens each, torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs"
+        f"model {args.model}, {args.requests} requests per run (cap {args.time_cap:.0f} s), {kind}, "
+        f"torch threads {args.threads or 'default'}, {os.cpu_count()} CPUs"
     )
     if args.soak:
         return soak(args)
-    with server("batched", 32, args) as (batched, _), server("one-at-a-time", 1, args) as (single, _):
+    other = ("baseline", 32, args, args.baseline_src) if args.baseline_src else ("one-at-a-time", 1, args)
+    with server("batched", 32, args) as (batched, _), server(*other) as (single, _):
         # one untimed request each: the first one pays for lazy initialisation
         for url in (batched, single):
-            asyncio.run(load(url, 1, 1, args.time_cap, args.max_tokens))
+            asyncio.run(load(url, 1, 1, args.time_cap, args))
         print(
             f"{'server':<14} {'clients':>7} {'ok':>5} {'errors':>6} {'lost':>4} {'req/s':>8} {'p50 s':>8} "
             f"{'p99 s':>8} {'wall s':>8}"
         )
         ratios, mismatches, problems = {}, 0, 0
         for clients in args.levels:
-            one = asyncio.run(load(single, clients, args.requests, args.time_cap, args.max_tokens))
-            print(stats_line("one-at-a-time", clients, one), flush=True)
-            many = asyncio.run(load(batched, clients, args.requests, args.time_cap, args.max_tokens))
+            one = asyncio.run(load(single, clients, args.requests, args.time_cap, args))
+            print(stats_line(other[0], clients, one), flush=True)
+            many = asyncio.run(load(batched, clients, args.requests, args.time_cap, args))
             print(stats_line("batched", clients, many), flush=True)
             ratios[clients] = many.rate / one.rate if one.rate else float("nan")
             mismatches += sum(
@@ -264,7 +286,7 @@ def main() -> None:
             )
             problems += one.errors + one.lost + many.errors + many.lost
         for clients, ratio in ratios.items():
-            print(f"throughput ratio batched / one-at-a-time at {clients:>2} clients: {ratio:.2f}x")
+            print(f"throughput ratio batched / {other[0]} at {clients:>2} clients: {ratio:.2f}x")
         print(
             f"errors + lost requests: {problems}; greedy answers differing between the servers: {mismatches}"
         )

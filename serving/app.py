@@ -20,7 +20,8 @@ from dln.lm.base import LanguageModel
 from serving.backends.batcher import HFBackend
 from serving.config import MAX_BODY_BYTES, ServerConfig
 from serving.errors import install_error_handlers
-from serving.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from serving.metrics import MetricsMiddleware, ServerMetrics
+from serving.middleware import PUBLIC_PATHS, APIKeyMiddleware, BodyLimitMiddleware
 from serving.models import (
     ModelRegistry,
     load_program_spec,
@@ -28,10 +29,12 @@ from serving.models import (
     served_name_for,
     share_base_model,
 )
+from serving.openapi import install_openapi
 from serving.reward_registry import RewardRegistry, load_reward_spec
 from serving.routes import router
 from serving.serving_chat import ChatServing
 from serving.serving_completion import CompletionServing
+from serving.serving_tokenize import TokenizeServing
 
 log = logging.getLogger("serving")
 
@@ -59,8 +62,7 @@ def create_app(
         api_key: when set, every route but `/health` needs `Authorization: Bearer <api_key>`.
         max_body_bytes: larger request bodies get 413.
     """
-    if isinstance(backend, LanguageModel):
-        backend = HFBackend(backend)
+    backend = HFBackend(backend) if isinstance(backend, LanguageModel) else backend
     models = ModelRegistry(served_name, base_uri or getattr(backend, "uri", served_name))
     for name, program in (programs or {}).items():
         models.add_program(name, program)
@@ -77,19 +79,24 @@ def create_app(
             await backend.stop()
 
     app = FastAPI(title="dln OpenAI-compatible server", lifespan=lifespan)
+    metrics = ServerMetrics(backend)
     app.state.dln = SimpleNamespace(
         backend=backend,
         models=models,
         rewards=reward_registry,
-        completions=CompletionServing(backend, models, reward_registry),
-        chat=ChatServing(backend, models, reward_registry),
+        metrics=metrics,
+        completions=CompletionServing(backend, models, reward_registry, metrics),
+        chat=ChatServing(backend, models, reward_registry, metrics),
+        tokenization=TokenizeServing(backend.tokenizer, models, backend.max_model_len),
     )
     install_error_handlers(app)
     app.include_router(router)
-    # Outermost first: the key is checked before a byte of the body is read.
+    install_openapi(app, api_key=bool(api_key), public_paths=PUBLIC_PATHS)
+    # The last added runs first: metrics see every answer; the key and the body size are checked unparsed.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=[r.path for r in router.routes])
     return app
 
 

@@ -8,6 +8,7 @@ Every error leaves the server as `{"error": {"message", "type", "param", "code"}
 | missing or wrong API key | 401 | `invalid_request_error` / `invalid_api_key` |
 | unknown model, unknown route | 404 | `invalid_request_error` / `model_not_found` |
 | body over the size limit | 413 | `invalid_request_error` / `request_too_large` |
+| a method the route does not take | 405 | `invalid_request_error` / `method_not_allowed`, with `Allow` |
 | a bug or a failing model | 500 | `server_error` (the traceback goes to the log, not to the client) |
 
 FastAPI answers a body that does not validate with 422; here it becomes a 400 that names the field, which is
@@ -40,9 +41,12 @@ class OpenAIError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, headers=None
+    ) -> None:
         super().__init__(message)
         self.message, self.param = message, param
+        self.headers: dict[str, str] = dict(headers or {})  # e.g. the `Allow` of a 405
         if code is not None:
             self.code = code
 
@@ -75,6 +79,16 @@ def error_body(err: OpenAIError) -> dict:
     return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
 
 
+def error_headers(err: OpenAIError) -> dict[str, str]:
+    """The headers an error response carries: its own (`Allow`), and the ones its status needs."""
+    headers = dict(err.headers)
+    if err.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if err.status_code == 413:
+        headers["Connection"] = "close"  # the rest of the body is not read
+    return headers
+
+
 def as_openai_error(exc: BaseException) -> OpenAIError:
     """The one mapping of a failure to the error the client sees (see the table above)."""
     if isinstance(exc, OpenAIError):
@@ -93,14 +107,16 @@ def http_error(exc: StarletteHTTPException) -> OpenAIError:
     """Starlette's own errors (unknown route, wrong method) in OpenAI's format."""
     if exc.status_code == 404:
         return NotFoundError(str(exc.detail), code="not_found")
-    err = (BadRequestError if exc.status_code < 500 else OpenAIError)(str(exc.detail))
+    code = "method_not_allowed" if exc.status_code == 405 else None
+    err = (BadRequestError if exc.status_code < 500 else OpenAIError)(
+        str(exc.detail), code=code, headers=exc.headers
+    )
     err.status_code = exc.status_code
     return err
 
 
 def error_response(err: OpenAIError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if err.status_code == 401 else None
-    return JSONResponse(error_body(err), status_code=err.status_code, headers=headers)
+    return JSONResponse(error_body(err), status_code=err.status_code, headers=error_headers(err))
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
@@ -114,8 +130,9 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if not loc:
         return f"the request body must be a JSON object ({first['msg']})", None
+    loc = [p for p in loc if not _is_type_name(p)] or loc
     param = loc[0] if loc else None
-    path = ".".join(p for p in loc if not _is_type_name(p)) or "body"
+    path = ".".join(loc) or "body"
     message = f"{path}: {first['msg']}"
     if first.get("type") == "missing":
         message = f"missing required field: {path}"
@@ -130,7 +147,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
 
 def _is_type_name(part: str) -> bool:
     # pydantic names union members after their type, e.g. "str", "list[int]", "function-after[...]".
-    return part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part
+    # A model of a union body (`TokenizeChatRequest`) is named in CamelCase; fields are snake_case.
+    return part in {"str", "int", "float", "bool", "list", "dict"} or "[" in part or part[:1].isupper()
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 
-from serving.errors import AuthenticationError, OpenAIError, PayloadTooLargeError, error_body
+from serving.errors import AuthenticationError, OpenAIError, PayloadTooLargeError, error_body, error_headers
 
 #: paths open without a key
 PUBLIC_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
@@ -19,10 +19,7 @@ PUBLIC_PATHS = frozenset({"/health", "/docs", "/openapi.json"})
 async def send_error(send, err: OpenAIError) -> None:
     body = json.dumps(error_body(err)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if err.status_code == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    if err.status_code == 413:
-        headers.append((b"connection", b"close"))
+    headers += [(k.lower().encode(), v.encode()) for k, v in error_headers(err).items()]
     await send({"type": "http.response.start", "status": err.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -30,6 +30,8 @@ from serving.reward_registry import RewardFn, RewardRegistry
 
 #: new tokens of a chat completion that does not set max_tokens (capped by the room left in the context).
 DEFAULT_CHAT_MAX_TOKENS = 256
+#: a temperature below this is greedy decoding (vLLM's rule): logits / 1e-313 overflow to inf.
+GREEDY_BELOW = 1e-5
 _DONE = object()
 log = logging.getLogger("serving")
 
@@ -54,11 +56,19 @@ class Ranked:
     samples: list[Sample]
     rewards: list[float] | None
     all_rewards: list[float] | None
+    extra: dict | None = None  # extension fields of every choice of the prompt (choice decoding's)
+
+    def choice_extra(self, j: int) -> dict:
+        """The extension fields of the j-th choice."""
+        extra = dict(self.extra or {})
+        if self.all_rewards is not None:
+            extra.update(reward=self.rewards[j], rewards=self.all_rewards)
+        return extra
 
 
 class OpenAIServing:
-    def __init__(self, backend, models: ModelRegistry, rewards: RewardRegistry) -> None:
-        self.backend, self.models, self.rewards = backend, models, rewards
+    def __init__(self, backend, models: ModelRegistry, rewards: RewardRegistry, metrics=None) -> None:
+        self.backend, self.models, self.rewards, self.metrics = backend, models, rewards, metrics
         self.tokenizer = backend.tokenizer
         self.max_model_len = backend.max_model_len
         self._token_text: dict[int, str] = {}
@@ -74,7 +84,7 @@ class OpenAIServing:
         keep = request.n if request.best_of else (1 if reward else request.n)
         params = SamplingParams(
             n=candidates,
-            temperature=request.temperature,
+            temperature=0.0 if request.temperature < GREEDY_BELOW else request.temperature,
             top_p=request.top_p,
             max_tokens=max_tokens,
             stop=request.stop_strings(),
@@ -199,11 +209,15 @@ class OpenAIServing:
             )
         return content
 
-    @staticmethod
-    def usage(prompts: Sequence[list[int]], samples: Sequence[Sequence[Sample]]) -> UsageInfo:
+    def usage(self, prompts: Sequence[list[int]], samples: Sequence[Sequence[Sample]]) -> UsageInfo:
+        """The usage of a response (counted in the metrics: called once per answered request)."""
         prompt = sum(len(p) for p in prompts)
         completion = sum(len(s.token_ids) for per_prompt in samples for s in per_prompt)
-        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        total = prompt + completion
+        usage = UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+        if self.metrics is not None:
+            self.metrics.count_usage(usage)
+        return usage
 
 
 def sse(payload: BaseModel | dict) -> str:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from dln.lm import tokens
 from serving.backends.jobs import Sample
+from serving.choice import check_choice_request, choose
 from serving.errors import BadRequestError
 from serving.protocol import (
     AssistantMessage,
@@ -56,7 +57,12 @@ class ChatServing(OpenAIServing):
         self.check_length([ids], max_tokens, "messages")
         plan = self.plan(request, max_tokens)
         top_k = (request.top_logprobs or 0) if request.logprobs else None
-        if max_tokens == 0:
+        if request.structured_outputs is not None:
+            choices = check_choice_request(request)
+            ((samples, extra),) = await choose(self, [ids], choices, request, top_k)
+            ranked = [Ranked(samples, None, None, extra)]
+            response = self._response(request, ranked, self.usage([ids], [samples]), top_k)
+        elif max_tokens == 0:
             ranked = [Ranked([Sample("", [], "length")] * plan.keep, None, None)]
             response = self._response(request, ranked, self.usage([ids], []), top_k)
         elif request.stream and top_k is None and not plan.ranks:
@@ -68,9 +74,10 @@ class ChatServing(OpenAIServing):
         return self._chunks(response) if request.stream else response
 
     async def _program(self, request, name, program, messages) -> ChatCompletionResponse:
-        if request.n != 1 or request.best_of not in (None, 1) or request.reward:
+        if request.n != 1 or request.best_of not in (None, 1) or request.reward or request.structured_outputs:
             raise BadRequestError(
-                f"model {name!r} is a DLN program, which gives one answer: use n=1 without best_of or reward",
+                f"model {name!r} is a DLN program, which gives one answer: use n=1 without best_of, reward "
+                "or structured_outputs",
                 param="n",
             )
         if request.logprobs:
@@ -99,7 +106,7 @@ class ChatServing(OpenAIServing):
             logprobs = None
             if top_k is not None and sample.logprobs is not None:
                 logprobs = ChatLogprobs(content=self.chat_logprobs(sample.logprobs))
-            extra = {"reward": group.rewards[j], "rewards": group.all_rewards} if group.all_rewards else {}
+            extra = group.choice_extra(j)
             choices.append(
                 ChatChoice(
                     index=j,

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from dln.lm import tokens
 from serving.backends.jobs import Sample, ScoreJob, TokenLogprobs
+from serving.choice import check_choice_request, choose
 from serving.errors import BadRequestError
 from serving.protocol import (
     CompletionChoice,
@@ -35,7 +36,13 @@ class CompletionServing(OpenAIServing):
             return self._chunks(response) if request.stream else response
         plan = self.plan(request, request.max_tokens)
         self.check_length(prompts, request.max_tokens, "prompt")
-        if request.max_tokens == 0:
+        if request.structured_outputs is not None:
+            choices = check_choice_request(request)
+            picked = await choose(self, prompts, choices, request, request.logprobs, echo=request.echo)
+            ranked = [Ranked(samples, None, None, extra) for samples, extra in picked]
+            samples = [r.samples for r in ranked]
+            response = self._response(request, texts, prompts, ranked, self.usage(prompts, samples))
+        elif request.max_tokens == 0:
             response = await self._echo_only(request, texts, prompts, plan)
         elif request.stream and request.logprobs is None and not plan.ranks:
             return self._live_stream(request, texts, prompts, plan)
@@ -82,10 +89,10 @@ class CompletionServing(OpenAIServing):
         return self._response(request, texts, prompts, ranked, usage)
 
     async def _program(self, request, name, program, texts, prompts) -> CompletionResponse:
-        if request.n != 1 or request.best_of not in (None, 1) or request.reward:
+        if request.n != 1 or request.best_of not in (None, 1) or request.reward or request.structured_outputs:
             raise BadRequestError(
                 f"model {name!r} is a DLN program, which gives one answer per prompt: "
-                f"use n=1 without best_of or reward",
+                f"use n=1 without best_of, reward or structured_outputs",
                 param="n",
             )
         if request.logprobs is not None or request.echo:
@@ -164,9 +171,7 @@ class CompletionServing(OpenAIServing):
                 logprobs = None
                 if request.logprobs is not None and sample.logprobs is not None:
                     logprobs = self._logprobs(text, ids, sample, request.echo)
-                extra = {}
-                if group.all_rewards is not None:
-                    extra = {"reward": group.rewards[j], "rewards": group.all_rewards}
+                extra = group.choice_extra(j)
                 choices.append(
                     CompletionChoice(
                         index=i * len(group.samples) + j,

@@ -51,6 +51,7 @@ class MicroBatcher:
         self.batches = 0
         self.requests = 0
         self.largest_batch = 0
+        self.on_batch: Callable[[int], None] | None = None  # called with each batch's size (the metrics)
         self._pending: deque[QueuedItem] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -111,6 +112,8 @@ class MicroBatcher:
             self.batches += 1
             self.requests += len(items)
             self.largest_batch = max(self.largest_batch, len(items))
+            if self.on_batch is not None:
+                self.on_batch(len(items))
             try:
                 results = await loop.run_in_executor(self._executor, items[0].run, [i.payload for i in items])
             except Exception as err:  # the whole call failed: every request in it gets the error

@@ -16,6 +16,7 @@ import torch
 
 from dln.lm import sampling
 from dln.lm.base import truncate_at_stop
+from serving.backends import one_token
 from serving.backends.jobs import GenerateJob, Sample, SamplingParams, ScoreJob, TokenLogprobs
 from serving.backends.logprobs import token_logprobs
 from serving.backends.streaming import RowStreamer
@@ -51,6 +52,8 @@ class HFEngine:
     def generate(self, jobs: Sequence[GenerateJob]) -> list[list[list[Sample]]]:
         """Samples for every job, prompt and choice: result[job][prompt][sample]. All jobs share params."""
         params = jobs[0].params
+        if one_token.applies(params, jobs):  # greedy 1-token scoring requests: one forward, no second prefill
+            return one_token.generate(self, jobs)
         rows = [(j, p) for j, job in enumerate(jobs) for p in range(len(job.prompts))]
         out: dict[tuple[int, int], list[Sample]] = {}
         step = max(1, MAX_ROWS // params.n)
@@ -86,10 +89,15 @@ class HFEngine:
         return [samples[i * params.n : (i + 1) * params.n] for i in range(len(keys))]
 
     def to_sample(self, ids: list[int], params: SamplingParams) -> Sample:
-        """A generated row as a sample: cut at its end token or stop string, with its finish reason."""
+        """A generated row as a sample: cut at its end token or stop string, with its finish reason.
+
+        A row that ends with an end-of-sequence token keeps that token (not its text), as vLLM does: it was
+        generated, so it is counted and gets a log-prob (an echo-scoring client such as lm-eval relies on
+        exactly one generated token after the prompt's, whichever it is).
+        """
         # A row ends at its first end-of-sequence token; a row stopped by a stop string is padded with it.
         cut = next((i for i, t in enumerate(ids) if t in self.end_ids), None)
-        ids = ids if cut is None else ids[:cut]
+        ids = ids if cut is None else ids[: cut + 1]
         full = self.tokenizer.decode(ids, skip_special_tokens=True)
         text = truncate_at_stop(full, params.stop)
         if len(text) < len(full):
