@@ -47,6 +47,22 @@ class APIKeyMiddleware:
         return await self.app(scope, receive, send)
 
 
+DRAIN_LIMIT = 64 << 20
+
+
+async def drain(receive, limit: int) -> None:
+    """Read and drop up to `limit` body bytes before refusing: a server that answers and closes while the
+    client is still sending makes the client see a reset connection instead of the 413."""
+    read = 0
+    while read < limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over `max_bytes` with 413; the body is read here and replayed to the app."""
 
@@ -66,6 +82,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 declared = -1
             if declared > self.max_bytes:
+                await drain(receive, limit=max(declared, 0) if declared <= DRAIN_LIMIT else 0)
                 return await send_error(send, too_large)
         chunks, total = [], 0
         while True:
