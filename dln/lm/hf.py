@@ -4,6 +4,15 @@ Scoring is the hot path of every algorithm here (a prompt against many labels, m
 one answer). `_score` therefore runs each distinct context once, keeps its key/value cache, and feeds only
 the continuation tokens of every (context, continuation) pair on top of the cached rows. Contexts are
 right-padded so that no real token ever attends to padding.
+
+Decoding speed on CPU (`benchmarks/bench_decode.py` has the figures): a decode step of the default model is a
+few milliseconds of arithmetic, so what decides its time is the thread count (torch's default, one thread per
+core, stalls on a CPU shared with other jobs: `threads=1` there) and the weights' dtype (on CPUs with AMX or
+AVX-512 bf16, bf16 weights decode a batch of 32 ~2.7x faster). transformers' `generate` adds little over a
+hand-written loop, so it stays the decoder. `decode_dtype="bfloat16"` decodes `generate` with a bf16 copy of
+the weights: those texts come from a bf16 model (greedy answers can differ from fp32 ones), so the dtype is
+part of `uri` and no cache entry of the fp32 decoder is served for them. `sample`, whose log-probs enter
+importance weights, always decodes and scores with the model's own weights, so its density stays exact.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         batch_size: prompts per generate call and contexts per scoring forward.
         pair_batch_size: (context, continuation) pairs per continuation forward.
         model: an already loaded model to wrap (trainers pass their policy), with `tokenizer`.
+        decode_dtype: dtype of the weights `generate` decodes with (e.g. "bfloat16"); default: the model's.
+            `sample` (exact densities) always uses the model's own weights.
+        threads: torch CPU threads for this process (`torch.set_num_threads`); default: torch's choice.
     """
 
     def __init__(
@@ -42,7 +54,11 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         pair_batch_size: int = 64,
         model=None,
         tokenizer=None,
+        decode_dtype: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         self.pair_batch_size = pair_batch_size
@@ -55,11 +71,21 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
+        self.decoder = self._decoder(decode_dtype)
         # transformers >= 5.24 renamed `past_key_values` to `cache`; older releases (vLLM's venv) need the old
         # name.
         self._cache_argument = (
             "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         )
+
+    def _decoder(self, dtype: str | None):
+        """The model `generate` decodes with: the model itself, or a copy in `dtype` (named in `uri`)."""
+        if dtype is None or getattr(torch, dtype) == self.model.dtype:
+            return self.model
+        import copy
+
+        self.uri += f"#decode={dtype}"
+        return copy.deepcopy(self.model).to(getattr(torch, dtype)).eval()
 
     def pad(self, rows: Sequence[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) on this model's device, padded with its pad token (`dln.lm.sampling.pad`)."""
@@ -70,7 +96,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     def _generate(self, prompts: list[Prompt], options: SamplingOptions) -> list[list[str]]:
         if options.max_tokens == 0:
             return [[""] * options.n for _ in prompts]
-        rows = self._sample_rows([self.encode_prompt(p) for p in prompts], options)
+        rows = self._sample_rows([self.encode_prompt(p) for p in prompts], options, model=self.decoder)
         texts = [
             truncate_at_stop(t, options.stop)
             for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)
@@ -78,13 +104,13 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         return [texts[i * options.n : (i + 1) * options.n] for i in range(len(prompts))]
 
     def _sample_rows(
-        self, encoded: list[list[int]], options: SamplingOptions, top_p: float = 1.0
+        self, encoded: list[list[int]], options: SamplingOptions, top_p: float = 1.0, model=None
     ) -> list[list[int]]:
         """n id rows per prompt, prompt-major, by the one sampling rule (a greedy row copied n times)."""
         rows: list[list[int]] = []
         for chunk in _chunks(encoded, self.batch_size):
             new, per_prompt = sampling.sample_ids(
-                self.model,
+                model or self.model,
                 self.tokenizer,
                 chunk,
                 n=options.n,

@@ -30,6 +30,8 @@ class HFEngine:
 
     def __init__(self, lm) -> None:
         self.lm, self.model, self.tokenizer = lm, lm.model, lm.tokenizer
+        # generation runs on the backend's decoder (its bf16 copy with decode_dtype); log-probs on the model
+        self.decoder = getattr(lm, "decoder", lm.model)
         self.device = lm.device
         config = self.model.config
         self.max_model_len = int(
@@ -71,7 +73,7 @@ class HFEngine:
         rows_per_prompt = 1 if params.greedy else params.n
         streamer = RowStreamer(self.tokenizer, self.end_ids, jobs, keys, params, rows_per_prompt)
         new, _ = sampling.sample_ids(
-            self.model,
+            self.decoder,
             self.tokenizer,
             prompts,
             n=params.n,

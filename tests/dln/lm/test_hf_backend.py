@@ -199,3 +199,31 @@ def test_sample_returns_the_drawn_ids_with_their_log_prob_under_the_sampling_dis
         untempered = sum(hf_model.score_ids([prompt], [s.token_ids])[0])
         assert abs(untempered - s.logprob) > 1e-2  # T = 1 is another density
         assert s.text == hf_model.tokenizer.decode(list(s.token_ids), skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def bf16_decoding():
+    from dln.lm import load_model
+
+    return load_model("hf:default", cache=False, decode_dtype="bfloat16")
+
+
+def test_default_backend_decodes_with_its_own_weights(hf_model):
+    assert hf_model.decoder is hf_model.model
+    assert "#decode=" not in hf_model.uri  # cache keys of the fp32 decoder are unchanged
+
+
+def test_bf16_decoding_is_named_in_the_uri_and_decodes_in_bf16(hf_model, bf16_decoding):
+    assert bf16_decoding.uri == hf_model.uri + "#decode=bfloat16"  # no fp32 cache entry is served for it
+    assert bf16_decoding.decoder.dtype == torch.bfloat16 and bf16_decoding.model.dtype == torch.float32
+    (texts,) = bf16_decoding.generate(["The capital of France is"], max_tokens=8)
+    assert texts[0].strip()
+
+
+def test_sample_densities_stay_exact_under_bf16_decoding(hf_model, bf16_decoding):
+    """`sample` (importance weights) decodes and scores with the fp32 weights whatever decode_dtype says."""
+    kwargs = dict(n=2, temperature=0.8, top_p=0.9, max_tokens=10, seed=5)
+    want = hf_model.sample(["Once upon a time"], **kwargs)
+    got = bf16_decoding.sample(["Once upon a time"], **kwargs)
+    assert [s.token_ids for s in got[0]] == [s.token_ids for s in want[0]]
+    np.testing.assert_allclose([s.logprob for s in got[0]], [s.logprob for s in want[0]], atol=1e-5)
