@@ -100,7 +100,9 @@ def create_app(
     return app
 
 
-def build_backend(uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 5.0):
+def build_backend(
+    uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 5.0, decode_dtype: str | None = None
+):
     """The backend for a model URI: vLLM's async engine for `vllm:` when importable, else the HF engine."""
     from dln.lm.registry import parse_model_uri
 
@@ -117,7 +119,8 @@ def build_backend(uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 
         log.warning("vllm is not importable: serving %s with the HF engine and its micro-batcher", rest)
     from dln.lm.hf import HFLanguageModel
 
-    return HFBackend(HFLanguageModel(rest), max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    lm = HFLanguageModel(rest, decode_dtype=decode_dtype)
+    return HFBackend(lm, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
 
 
 def build_app(config: ServerConfig) -> FastAPI:
@@ -132,7 +135,10 @@ def build_app(config: ServerConfig) -> FastAPI:
     if config.max_batch_size < 1:
         raise DLNError(f"--max-batch-size must be at least 1, got {config.max_batch_size}")
     backend = build_backend(
-        config.model, max_batch_size=config.max_batch_size, batch_wait_ms=config.batch_wait_ms
+        config.model,
+        max_batch_size=config.max_batch_size,
+        batch_wait_ms=config.batch_wait_ms,
+        decode_dtype=config.decode_dtype or None,
     )
     base_lm = getattr(getattr(backend, "engine", None), "lm", None)  # the HF engine's model; None for vLLM
     for program_name, program in programs.items():
