@@ -85,6 +85,15 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
         print(f"dln reason train: grpo_trl (TRL GRPOTrainer) -> {args.out}\n{dump_yaml(config)}", flush=True)
         print(json.dumps(train_grpo_trl(config, args.out)))
         return
+    if config.objective == "variational_sft":  # the offline recipe, in cached stages
+        from reasoning.reason.recipe import VariationalSFT
+
+        print(
+            f"dln reason train: variational_sft (offline recipe) -> {args.out}\n{dump_yaml(config)}",
+            flush=True,
+        )
+        print(json.dumps(VariationalSFT(config, args.out).fit()))
+        return
     trainer = ReasonTrainer(config, args.out)
     if trainer.loop.is_main:
         per_update = config.batch_size * config.grad_accum * trainer.loop.num_processes

@@ -120,6 +120,14 @@ def split_trace(text: str) -> str:
     return head if sep else text
 
 
+def answer_only(rows: list[dict], gold_count: int = -1) -> list[dict]:
+    """The semi-supervised split: the first `gold_count` rows keep their gold trace, the rest only their
+    answer (trace ""); -1 keeps every trace."""
+    if gold_count < 0:
+        return rows
+    return [r if i < gold_count else {**r, "trace": ""} for i, r in enumerate(rows)]
+
+
 def policy_prompt(question: str) -> str:
     """The user turn of π(z, y | x) (the chat template is applied by `Policy.encode_prompts`)."""
     return f"{question}\n{POLICY_INSTRUCTION}"
