@@ -38,12 +38,15 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         "sft",
     )
     # data
-    task: str = _help("shipped task (`chain`) when no train/test files are given", "chain")
+    task: str = _help(
+        "shipped task when no train/test files are given: chain (3 steps) | word_chain (word problems)",
+        "chain",
+    )
     train: str | None = _help("training JSONL, GSM8K format (question, answer with `#### N`)", None)
     test: str | None = _help("held-out JSONL, GSM8K format", None)
     task_seed: int = _help("seed of the shipped task's questions and train/test split", 0)
-    n_train: int = _help("shipped task: training questions", 2000)
-    n_test: int = _help("shipped task: held-out questions", 200)
+    n_train: int = _help("shipped task: training questions (word_chain: the first N of its 2000)", 2000)
+    n_test: int = _help("shipped task: held-out questions (word_chain: the first N of its 300)", 200)
     gold_count: int = _help(
         "training questions that keep their gold trace (the first N); the rest keep only their answer "
         "(semi-supervised: SFT and q's warm-up see the N, the other objectives every answer); -1: all",
