@@ -160,3 +160,24 @@ def test_word_chain_is_shipped_deterministic_and_disjoint(tmp_path, monkeypatch)
         assert lines[-1].endswith(f"= {row['answer']}")
     small = load_task("word_chain", n_train=5, n_test=3)
     assert list(small.train) == list(task.train)[:5] and len(small.test) == 3
+
+
+def test_gold_count_keeps_gold_traces_for_the_first_questions_only(tmp_path):
+    """The semi-supervised split, for the chain task and for a user's GSM8K JSONL; SFT refuses a split
+    with no gold trace left, naming the key."""
+
+    from reasoning.reason.tasks import answer_only, load_jsonl
+    from reasoning.reason.trainer import ReasonTrainer
+
+    path = tmp_path / "train.jsonl"
+    lines = [{"question": f"q{i}", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for rows in (list(load_jsonl(path)), list(chain_task(seed=0, n_train=4, n_test=1).train)):
+        semi = answer_only(rows, 1)
+        assert semi[0] == rows[0] and all(r["trace"] == "" for r in semi[1:])
+        assert [r["answer"] for r in semi] == [r["answer"] for r in rows]  # answers stay
+        assert answer_only(rows, -1) == rows
+    with pytest.raises(DLNError, match="gold_count"):
+        ReasonTrainer(ReasonConfig(objective="sft", gold_count=0, n_train=4, n_test=1), tmp_path / "run")
+    with pytest.raises(DLNError, match="gold_count must be"):
+        ReasonConfig(gold_count=-2)
