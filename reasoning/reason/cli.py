@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     reason = subparsers.add_parser(
         "reason",
         formatter_class=HelpFormatter,
-        help="variational reasoning: ELBO, multi-trace, forward KL; SFT, RFT, GRPO baselines",
+        help="variational reasoning: ELBO, multi-trace, forward KL, the offline recipe; SFT, RFT, GRPO, STaR",
         description="Fine-tune a LoRA policy whose thinking traces are latent variables.\n"
         "  dln reason train --config configs/reason/forward_kl.yaml --out runs/fkl --steps 20\n"
         "  dln reason eval --run runs/fkl\n"
