@@ -30,6 +30,7 @@ import torch
 from reasoning.reason.tasks import answer_suffix, is_correct, policy_prompt, posterior_prompt
 
 ACC_MAX_NEW_TOKENS = 16  # the acc estimator's continuations: `Answer: N` and a little slack
+SCORE_BATCH = 16  # sequences per scoring pass
 
 
 @torch.no_grad()
@@ -52,30 +53,29 @@ def score_traces(policy, ids, rows: list[dict], traces: list[list[list[int]]], c
     hints = policy.encode_prompts([posterior_prompt(r["question"], r["answer"]) for r in rows])
     flat = [(b, z) for b, group in enumerate(traces) for z in group]
     joints = [z + ids.continuation(answer_suffix(policy.decode(z), rows[b]["answer"])) for b, z in flat]
-    with policy.use("prior"):
-        token_logp, _ = policy.logprobs([x[b] for b, _ in flat], joints, per_token=True)  # (N, T)
-    z_len = torch.tensor([len(z) for _, z in flat], device=token_logp.device)
-    in_z = torch.arange(token_logp.shape[1], device=token_logp.device)[None] < z_len[:, None]  # (N, T)
-    with policy.use("posterior"):
-        log_q = policy.logprobs(
-            [hints[b] for b, _ in flat],
-            [z for _, z in flat],
-            temperature=config.temperature,
-            top_p=config.top_p,
-        )
-    acc = _accuracy(policy, x, rows, flat, config.acc_samples, seed) if config.acc_samples else None
     out = []
-    for i, (_, z) in enumerate(flat):
-        out.append(
-            {
-                "log_prior_z": (token_logp[i] * in_z[i]).sum().item(),
-                "log_q_z": log_q[i].item(),
-                "z_len": len(z),
-                "log_y": (token_logp[i] * ~in_z[i]).sum().item(),
-                "y_len": len(joints[i]) - len(z),
-                "acc": None if acc is None else acc[i],
-            }
-        )
+    for start in range(0, len(flat), SCORE_BATCH):  # (N, T, V) logits: a few sequences at a time
+        part, joint = flat[start : start + SCORE_BATCH], joints[start : start + SCORE_BATCH]
+        with policy.use("prior"):
+            token_logp, _ = policy.logprobs([x[b] for b, _ in part], joint, per_token=True)  # (n, T)
+        with policy.use("posterior"):
+            log_q = policy.logprobs(
+                [hints[b] for b, _ in part], [z for _, z in part], temperature=config.temperature,
+                top_p=config.top_p,
+            )  # fmt: skip
+        for i, (_, z) in enumerate(part):
+            out.append(
+                {
+                    "log_prior_z": token_logp[i, : len(z)].sum().item(),
+                    "log_q_z": log_q[i].item(),
+                    "z_len": len(z),
+                    "log_y": token_logp[i, len(z) : len(joint[i])].sum().item(),
+                    "y_len": len(joint[i]) - len(z),
+                }
+            )
+    acc = _accuracy(policy, x, rows, flat, config.acc_samples, seed) if config.acc_samples else None
+    for i, term in enumerate(out):
+        term["acc"] = None if acc is None else acc[i]
     k = len(traces[0]) if traces else 0
     return [out[b * k : (b + 1) * k] for b in range(len(traces))]
 
@@ -94,6 +94,8 @@ def _accuracy(policy, x, rows, flat, m: int, seed: int) -> list[float]:
 
 def log_rho(term: dict, estimator: str, ratio: str) -> float:
     """log ρ = log π̂_θ0(y | x, z) + log r of one trace's terms (`score_traces`); -inf when ρ = 0."""
+    if not math.isfinite(term["log_q_z"]):  # q rescored a sampled token outside its nucleus (numerics)
+        return -math.inf
     log_r = term["log_prior_z"] - term["log_q_z"]
     if ratio == "normalized":
         log_r /= max(term["z_len"], 1)

@@ -73,6 +73,8 @@ class ReasonTrainer:
             raise DLNError("variational_sft runs in stages: use reasoning.reason.recipe.VariationalSFT")
         self.config, self.run_dir, self.hint = config, Path(run_dir), hint
         self.task = task_of(config)
+        if train_rows is not None and not train_rows:
+            raise DLNError("the training rows given are empty: nothing to train on")
         self.train_rows = train_rows or answer_only(list(self.task.train), config.gold_count)
         # the rows SFT and q's warm-up may see: those with a gold (or recipe-written) trace
         self.gold_rows = [r for r in self.train_rows if r.get("traces") or r["trace"]]

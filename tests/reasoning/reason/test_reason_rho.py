@@ -199,3 +199,13 @@ def test_star_rationalises_only_questions_with_no_correct_sample():
     lp = [policy.char_logprob("policy", policy.tokenizer.encode(c) + [EOS]) for c in completions]
     assert loss.item() == pytest.approx(-(lp[0] + lp[1]) / 2, abs=1e-9)  # RFT weights c_k / K, B = 2
     assert not any("The answer is" in p for p in trainer.scored_prompts)  # trained without the hint
+
+
+def test_terms_do_not_depend_on_the_scoring_batch(scored, monkeypatch):
+    import reasoning.reason.rho as rho
+
+    policy, terms = scored
+    monkeypatch.setattr(rho, "SCORE_BATCH", 3)  # 4 traces: passes of 3 and 1 sequences
+    traces = [[policy.tokenizer.encode(z) for z in group] for group in TRACES]
+    again = score_traces(policy, CompletionIds(policy.tokenizer), ROWS, traces, recipe_config(), seed=0)
+    assert again == terms
