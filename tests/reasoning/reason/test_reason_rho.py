@@ -134,11 +134,11 @@ def counts(policy, ids) -> torch.Tensor:
     return c
 
 
-@pytest.mark.parametrize("objective", ["forward_kl", "elbo"])
+@pytest.mark.parametrize("objective", ["forward_kl", "iwae", "elbo"])
 def test_variational_step_losses_and_gradients_by_hand(objective):
     from reasoning.reason.objectives import Variational
 
-    k = 2 if objective == "forward_kl" else 1
+    k = 1 if objective == "elbo" else 2
     config = ReasonConfig(objective=objective, k=k, temperature=0.5, posterior_loss="auto")
     policy = FakePolicy(("policy", "posterior"), script=hinted_traces, seed=3)
     step = Variational(FakeTrainer(config, policy, ROWS))
@@ -161,6 +161,11 @@ def test_variational_step_losses_and_gradients_by_hand(objective):
         w = torch.softmax(log_w, -1)
         expected = -(w * lj).sum(-1).mean() - (w * lq).sum(-1).mean()
         coef_theta, coef_phi = w / 2, w / 2  # (B, K): d loss / d log π_bk = -coef
+    elif objective == "iwae":  # θ: the same weights; φ: reverse KL with the leave-one-out baseline
+        w = torch.softmax(log_w, -1)
+        baseline = log_w.flip(-1)  # K = 2: the other trace's log-weight
+        expected = -(w * lj).sum(-1).mean() - ((log_w - baseline) * lq).mean()
+        coef_theta, coef_phi = w / 2, (log_w - baseline) / 4
     else:
         baseline = log_w.flip(0)  # K = 1: the other question's log-weight
         expected = -lj.mean() - ((log_w - baseline) * lq).mean()
