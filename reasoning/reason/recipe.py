@@ -150,16 +150,18 @@ class VariationalSFT:
 
     def weights(self) -> dict:
         """The terms of ρ of every trace (`rho.score_traces`); acc's continuations are the sampling here."""
-        traces = self._read("traces")
+        traces, timings = self._read("traces"), {"sampling": 0.0}
         for index, rows, path in self._chunks("weights"):
             group = [t["traces"] for t in traces[index * CHUNK : index * CHUNK + len(rows)]]
-            terms = score_traces(self.policy(), self.ids, rows, group, self.config, self._seed(index, 2))
+            seed = self._seed(index, 2)
+            terms = score_traces(self.policy(), self.ids, rows, group, self.config, seed, timings)
             atomic_write_json(path, terms)
         terms = [t for group in self._read("weights") for t in group]
         accs = [t["acc"] for t in terms if t["acc"] is not None]
         return {
             "prior_answer_gml": sum(_exp_mean(t) for t in terms) / len(terms),
             "prior_acc_after_trace": sum(accs) / len(accs) if accs else None,
+            "sampling_seconds": round(timings["sampling"], 2),  # acc's continuations (this call's chunks)
         }
 
     def final(self) -> dict:

@@ -24,6 +24,7 @@ log q is scored under the distribution the traces were sampled from (temperature
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -34,7 +35,15 @@ SCORE_BATCH = 16  # sequences per scoring pass
 
 
 @torch.no_grad()
-def score_traces(policy, ids, rows: list[dict], traces: list[list[list[int]]], config, seed: int) -> list:
+def score_traces(
+    policy,
+    ids,
+    rows: list[dict],
+    traces: list[list[list[int]]],
+    config,
+    seed: int,
+    timings: dict | None = None,
+) -> list:
     """The terms of ρ for every trace of `rows` (K lists of trace ids each), one dict per trace.
 
     Args:
@@ -44,6 +53,7 @@ def score_traces(policy, ids, rows: list[dict], traces: list[list[list[int]]], c
         traces: per row, its K traces as token ids (cut before `Answer`, as sampled from q).
         config: a `ReasonConfig` (temperature, top_p of q's sampling; acc_samples).
         seed: seeds the acc estimator's continuations.
+        timings: when given, its "sampling" entry grows by the seconds spent sampling them.
 
     Returns:
         Per row, per trace: {"log_prior_z", "log_q_z", "z_len", "log_y", "y_len", "acc"} (acc None when
@@ -73,7 +83,10 @@ def score_traces(policy, ids, rows: list[dict], traces: list[list[list[int]]], c
                     "y_len": len(joint[i]) - len(z),
                 }
             )
+    start = time.perf_counter()
     acc = _accuracy(policy, x, rows, flat, config.acc_samples, seed) if config.acc_samples else None
+    if timings is not None:
+        timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
     for i, term in enumerate(out):
         term["acc"] = None if acc is None else acc[i]
     k = len(traces[0]) if traces else 0
