@@ -137,6 +137,23 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{_cell([r['accuracy_lenient'] for r in got])} | "
             f"{statistics.mean(r['train_seconds'] for r in got):.0f} |"
         )
+    recipe = [r for r in rows if r["method"].startswith("vsft-")]
+    if recipe:
+        lines += [
+            "",
+            "| recipe run | seed | π_θ0 acc % | q acc with hint % | trace tokens | ESS of K | questions "
+            "with a trace | stage seconds (prior, posterior, traces, weights, final) | sampling s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in recipe:
+            stages = list(r["stages"].values())
+            sampling = r["stages"].get("traces", 0) + (r["weights"].get("sampling_seconds") or 0)
+            lines.append(
+                f"| {LABELS[r['method']]} | {r['seed']} | {100 * r['prior_accuracy']:.1f} | "
+                f"{100 * r['q_accuracy_with_hint']:.1f} | {r['trace_len']:.1f} | {r['data']['ess']:.2f} | "
+                f"{r['data']['with_trace']}/{r['data']['questions']} | "
+                f"{', '.join(f'{v:.0f}' for v in stages[:4] + stages[-1:])} | {sampling:.0f} |"
+            )
     return "\n".join(lines)
 
 
