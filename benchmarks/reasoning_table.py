@@ -1,100 +1,159 @@
-"""Held-out accuracy of base / SFT / RFT / GRPO / ELBO / IWAE / forward-KL runs on one budget, as a table.
+"""Held-out accuracy of every reasoning method on one budget, as a table: full gold or semi-supervised.
 
-Every method trains from `configs/reason/<objective>.yaml` with the same budget overrides: the same
-number of updates, questions per update and traces per question (the ELBO draws K = 1), the same seed and
-learning rate; the variational runs also spend `--warmup` SFT updates warming q up on gold traces with the
-answer hint. Runs go one after another in this process; each writes `<out>/<method>/` and one line of
-`<out>/results.jsonl`, and a method already in that file is not run again (delete it to redo).
+Every method trains from `configs/reason/<objective>.yaml` with the same overrides: the same number of π
+updates, questions per update and traces per question (the ELBO draws K = 1), the same seed, learning
+rate, task and gold data. The variational online runs also spend `--warmup` SFT updates warming q up on
+gold traces; the paper's recipe (`variational_sft`, methods `vsft-<estimator>-<data>`) trains π_θ0 and q_φ
+for `--steps` SFT updates each before its final π gets its `--steps` updates, and its variants share one
+run directory per seed (the first four stages run once).
 
-Example:
-    OMP_NUM_THREADS=1 python benchmarks/reasoning_table.py --steps 8 --batch-size 4 --k 4 \
-        --out runs/reason-bench
+Regimes: `--gold-count -1` (full gold: every training question has its gold trace) or `--gold-count N`
+(semi-supervised: gold traces for the first N questions, answers only for the rest; SFT and the warm-ups
+see the N, RFT, GRPO, STaR and the recipe every answer).
+
+Each run writes `<out>/seed-<s>/<method>/` and one line of `<out>/results.jsonl`; a (method, seed) already
+in that file is not run again (delete the line to redo).
+
+Example (the README's reduced table):
+    OMP_NUM_THREADS=2 python benchmarks/reasoning_table.py --task word_chain --n-train 48 --steps 12 \
+        --batch-size 4 --k 4 --eval-size 60 --methods base,sft,vsft-gml-mix,vsft-acc-mix --out runs/rt-full
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
-METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "elbo", "iwae", "forward_kl"]
+RECIPE = ["vsft-gml-mix", "vsft-acc-mix", "vsft-gml-weighted", "vsft-acc-weighted"]
+METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 LABELS = {
     "base": "base model",
     "sft": "SFT (gold traces)",
     "rft": "RFT",
     "grpo": "GRPO (in-loop)",
     "grpo_trl": "GRPO (TRL GRPOTrainer)",
+    "star": "STaR (rationalisation)",
     "elbo": "ELBO (K=1)",
     "iwae": "IWAE",
     "forward_kl": "forward KL + multi-trace",
+    "vsft-gml-mix": "recipe, GML, mix",
+    "vsft-acc-mix": "recipe, Acc, mix",
+    "vsft-gml-weighted": "recipe, GML, weighted",
+    "vsft-acc-weighted": "recipe, Acc, weighted",
 }
 
 
-def run_method(method: str, args: argparse.Namespace, out: Path) -> dict:
+def config_of(method: str, seed: int, args: argparse.Namespace):
     from dln.config import load_config
     from reasoning.reason.config import ReasonConfig
-    from reasoning.reason.evaluate import evaluate
+
+    objective = "variational_sft" if method.startswith("vsft-") else ("sft" if method == "base" else method)
+    budget = dict(
+        steps=args.steps, batch_size=args.batch_size, eval_size=args.eval_size, lr=args.lr, seed=seed,
+        max_new_tokens=args.max_new_tokens, posterior_warmup_steps=args.warmup, progress=False,
+        task=args.task, n_train=args.n_train, n_test=max(args.eval_size, 1), gold_count=args.gold_count,
+        bf16=args.bf16,
+    )  # fmt: skip
+    if objective not in ("elbo", "sft"):
+        budget["k"] = args.k
+    if objective == "variational_sft":
+        _, estimator, data = method.split("-")
+        budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
+    return load_config(ReasonConfig, Path(args.configs) / f"{objective}.yaml", budget)
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     from reasoning.reason.trainer import ReasonTrainer
 
-    start = time.time()
+    start, config = time.time(), config_of(method, seed, args)
     if method == "base":
-        from reasoning.finetune.policy import Policy, PolicyConfig
-        from reasoning.reason.tasks import chain_task
+        from reasoning.finetune.policy import Policy
+        from reasoning.reason.evaluate import evaluate
+        from reasoning.reason.tasks import task_of
 
-        policy = Policy.load(PolicyConfig(bf16=True), adapters=("policy",))
-        result = evaluate(
-            policy,
-            chain_task(seed=0).test,
-            adapter=None,
-            limit=args.eval_size,
-            max_new_tokens=args.max_new_tokens,
-        )
-        return {"method": method, **result, "train_seconds": 0.0, "seconds": round(time.time() - start, 1)}
-    budget = dict(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        eval_size=args.eval_size,
-        lr=args.lr,
-        max_new_tokens=args.max_new_tokens,
-        posterior_warmup_steps=args.warmup,
-        progress=False,
-    )
-    if method != "elbo" and method != "sft":
-        budget["k"] = args.k
-    config = load_config(ReasonConfig, Path(args.configs) / f"{method}.yaml", budget)
-    if method == "grpo_trl":
+        policy = Policy.load(config, adapters=("policy",))
+        result = evaluate(policy, task_of(config).test, None, args.eval_size, args.max_new_tokens)
+        return {"method": method, "seed": seed, **result, "train_seconds": 0.0}
+    extra = {}
+    if method == "sft" and args.sft_from_recipe:  # the recipe's π_θ0 is this very SFT run: train it once
+        from reasoning.reason.recipe import VariationalSFT
+
+        prior = VariationalSFT(config_of(RECIPE[0], seed, args), out / "variational_sft").fit("prior")
+        stage = prior["stages"]["prior"]
+        return {"method": method, "seed": seed, **stage["eval"], "train_seconds": stage["train_seconds"]}
+    if method.startswith("vsft-"):
+        from reasoning.reason.recipe import VariationalSFT
+
+        summary = VariationalSFT(config, out / "variational_sft").fit()
+        stages = summary["stages"]
+        extra = {
+            "stages": {k: v["seconds"] for k, v in stages.items()},
+            "prior_accuracy": stages["prior"]["eval"]["accuracy"],
+            "q_accuracy_with_hint": stages["traces"]["q_accuracy_with_hint"],
+            "trace_len": stages["traces"]["trace_len"],
+            "weights": stages["weights"],
+            "data": stages[summary["final"]]["data"],
+        }
+        summary["train_seconds"] = sum(v["seconds"] for v in stages.values())
+    elif method == "grpo_trl":
         from reasoning.reason.grpo_trl import train_grpo_trl
 
         summary = train_grpo_trl(config, out / method)
     else:
         summary = ReasonTrainer(config, out / method).fit()
+        extra = {"last": summary.get("last", {})}
     return {
         "method": method,
+        "seed": seed,
         **summary["eval"],
         "train_seconds": summary["train_seconds"],
         "seconds": round(time.time() - start, 1),
-        "k": config.k if method != "sft" else 0,
-        "warmup": config.warmup,
-        "last": summary.get("last", {}),
+        **extra,
     }
 
 
+def _cell(values: list[float]) -> str:
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> str:
+    regime = "full gold" if args.gold_count < 0 else f"{args.gold_count} gold traces, answers for the rest"
     lines = [
-        f"Budget: {args.steps} updates x {args.batch_size} questions, K={args.k} traces (ELBO: 1), "
-        f"lr {args.lr}, max {args.max_new_tokens} new tokens, bf16 autocast, variational runs "
-        f"+ {args.warmup} q warm-up updates; held-out: first {args.eval_size} test questions, greedy.",
+        f"Task {args.task}, {args.n_train} training questions ({regime}); {args.steps} π updates x "
+        f"{args.batch_size} questions, K={args.k}, lr {args.lr}, max {args.max_new_tokens} new tokens; "
+        f"held-out: first {args.eval_size} test questions, greedy; seeds {args.seeds}.",
         "",
-        "| method | accuracy (strict) | accuracy (last number) | completion tokens | train s | total s |",
-        "|---|---|---|---|---|---|",
+        "| method | accuracy % (strict) | accuracy % (last number) | train s (all stages) |",
+        "|---|---|---|---|",
     ]
-    for r in rows:
+    for method in dict.fromkeys(r["method"] for r in rows):
+        got = [r for r in rows if r["method"] == method]
         lines.append(
-            f"| {LABELS.get(r['method'], r['method'])} | {100 * r['accuracy']:.1f}% | "
-            f"{100 * r['accuracy_lenient']:.1f}% | {r['trace_len']:.1f} | {r['train_seconds']:.0f} | "
-            f"{r['seconds']:.0f} |"
+            f"| {LABELS.get(method, method)} | {_cell([r['accuracy'] for r in got])} | "
+            f"{_cell([r['accuracy_lenient'] for r in got])} | "
+            f"{statistics.mean(r['train_seconds'] for r in got):.0f} |"
         )
+    recipe = [r for r in rows if r["method"].startswith("vsft-")]
+    if recipe:
+        lines += [
+            "",
+            "| recipe run | seed | π_θ0 acc % | q acc with hint % | trace tokens | ESS of K | questions "
+            "with a trace | stage seconds (prior, posterior, traces, weights, final) | sampling s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in recipe:
+            stages = list(r["stages"].values())
+            sampling = r["stages"].get("traces", 0) + (r["weights"].get("sampling_seconds") or 0)
+            lines.append(
+                f"| {LABELS[r['method']]} | {r['seed']} | {100 * r['prior_accuracy']:.1f} | "
+                f"{100 * r['q_accuracy_with_hint']:.1f} | {r['trace_len']:.1f} | {r['data']['ess']:.2f} | "
+                f"{r['data']['with_trace']}/{r['data']['questions']} | "
+                f"{', '.join(f'{v:.0f}' for v in stages[:4] + stages[-1:])} | {sampling:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -105,13 +164,30 @@ def main() -> None:
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
     )
-    parser.add_argument("--steps", type=int, default=8, help="updates per method")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--task", default="word_chain", help="chain | word_chain")
+    parser.add_argument("--n-train", type=int, default=200, help="training questions")
+    parser.add_argument("--gold-count", type=int, default=-1, help="-1: full gold; N: semi-supervised")
+    parser.add_argument(
+        "--steps", type=int, default=16, help="π updates per method (and per recipe SFT stage)"
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="questions per update")
-    parser.add_argument("--k", type=int, default=4, help="traces per question (RFT, GRPO, IWAE, forward KL)")
-    parser.add_argument("--warmup", type=int, default=6, help="q warm-up updates of the variational runs")
+    parser.add_argument("--k", type=int, default=4, help="traces per question")
+    parser.add_argument("--m", type=int, default=4, help="recipe: π_θ0 continuations per trace (Acc)")
+    parser.add_argument("--ratio", default="normalized", help="recipe: normalized | exact")
+    parser.add_argument(
+        "--warmup", type=int, default=6, help="q warm-up updates of the online variational runs"
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--eval-size", type=int, default=100, help="held-out questions")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--eval-size", type=int, default=200, help="held-out questions")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--sft-from-recipe",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="report SFT from the recipe's prior stage (the same config, seed and data: trained once)",
+    )
     parser.add_argument("--configs", default="configs/reason")
     parser.add_argument("--out", default="runs/reason-bench")
     args = parser.parse_args()
@@ -120,17 +196,20 @@ def main() -> None:
     results_file = out / "results.jsonl"
     done = {}
     if results_file.exists():
-        done = {r["method"]: r for r in map(json.loads, results_file.read_text().splitlines()) if r}
+        done = {
+            (r["method"], r["seed"]): r for r in map(json.loads, results_file.read_text().splitlines()) if r
+        }
     rows = []
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        if method not in METHODS:
-            parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if method not in done:
-            done[method] = run_method(method, args, out)
-            with results_file.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(done[method]) + "\n")
-            print(json.dumps(done[method]), flush=True)
-        rows.append(done[method])
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+            if method not in METHODS:
+                parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            if (method, seed) not in done:
+                done[method, seed] = run_method(method, seed, args, out / f"seed-{seed}")
+                with results_file.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(done[method, seed]) + "\n")
+                print(json.dumps(done[method, seed]), flush=True)
+            rows.append(done[method, seed])
     print(table(rows, args))
 
 

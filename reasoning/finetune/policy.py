@@ -180,10 +180,15 @@ class Policy:
         completion_ids: Sequence[list[int]],
         per_token: bool = False,
         exact: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """log π(completion | prompt) under the active adapter, from one forward pass (with gradient).
 
         `exact=True` scores in fp32 even when the policy trains under bf16 autocast (evaluation, KL).
+        `temperature`/`top_p` score under the distribution `sample` draws from with those options,
+        softmax(top_p_filter(logits / T)) (`dln.lm.sampling.sampling_logits`): the density of a sample as
+        drawn, which an importance weight needs; the defaults give the model's own density.
 
         Returns:
             (B,) sums of token log-probs; with per_token, ((B, T) token log-probs, (B, T) float mask).
@@ -210,8 +215,10 @@ class Policy:
         logits = out.logits  # (B, L - first, V)
         index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         picked = logits.gather(1, index).float()  # (B, T, V): the logits that predict each completion token
+        if temperature != 1.0 or top_p < 1.0:
+            picked = sampling.sampling_logits(picked, temperature, top_p)  # -inf outside the nucleus
         token_logp = picked.gather(-1, target.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)  # (B, T)
-        token_logp = token_logp * token_mask
+        token_logp = torch.where(token_mask > 0, token_logp, torch.zeros_like(token_logp))  # padding: 0
         if per_token:
             return token_logp, token_mask
         return token_logp.sum(-1)

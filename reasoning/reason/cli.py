@@ -19,7 +19,7 @@ def register(subparsers) -> None:
     reason = subparsers.add_parser(
         "reason",
         formatter_class=HelpFormatter,
-        help="variational reasoning: ELBO, multi-trace, forward KL; SFT, RFT, GRPO baselines",
+        help="variational reasoning: ELBO, multi-trace, forward KL, the offline recipe; SFT, RFT, GRPO, STaR",
         description="Fine-tune a LoRA policy whose thinking traces are latent variables.\n"
         "  dln reason train --config configs/reason/forward_kl.yaml --out runs/fkl --steps 20\n"
         "  dln reason eval --run runs/fkl\n"
@@ -84,6 +84,15 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
         print(f"dln reason train: grpo_trl (TRL GRPOTrainer) -> {args.out}\n{dump_yaml(config)}", flush=True)
         print(json.dumps(train_grpo_trl(config, args.out)))
+        return
+    if config.objective == "variational_sft":  # the offline recipe, in cached stages
+        from reasoning.reason.recipe import VariationalSFT
+
+        print(
+            f"dln reason train: variational_sft (offline recipe) -> {args.out}\n{dump_yaml(config)}",
+            flush=True,
+        )
+        print(json.dumps(VariationalSFT(config, args.out).fit()))
         return
     trainer = ReasonTrainer(config, args.out)
     if trainer.loop.is_main:

@@ -12,8 +12,11 @@ from typing import ClassVar
 from dln.errors import DLNError
 from reasoning.finetune.config import LoopConfig, PolicyConfig, _help
 
-OBJECTIVES = ("sft", "rft", "grpo", "grpo_trl", "elbo", "iwae", "forward_kl")
+OBJECTIVES = ("sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", "variational_sft")
 VARIATIONAL = ("elbo", "iwae", "forward_kl")
+RHO_ESTIMATORS = ("gml", "acc", "likelihood")
+# keys of the offline recipe's last stage only: runs on one directory that differ in them share the others
+FINAL_STAGE_KEYS = ("rho_estimator", "rho_ratio", "final_data")
 # the posterior's update of each variational objective when posterior_loss is `auto`
 AUTO_POSTERIOR = {"elbo": "reverse_kl", "iwae": "reverse_kl", "forward_kl": "forward_kl"}
 
@@ -30,17 +33,25 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     RESUME_IGNORED: ClassVar[tuple[str, ...]] = ("progress", "eval_size")
 
     objective: str = _help(
-        "sft (gold traces) | rft | grpo | grpo_trl (TRL GRPOTrainer) (samples from π) | "
-        "elbo | iwae | forward_kl (traces from q)",
+        "sft (gold traces) | rft | grpo | grpo_trl (TRL GRPOTrainer) | star (samples from π) | "
+        "elbo | iwae | forward_kl (traces from q) | variational_sft (the paper's offline recipe)",
         "sft",
     )
     # data
-    task: str = _help("shipped task (`chain`) when no train/test files are given", "chain")
+    task: str = _help(
+        "shipped task when no train/test files are given: chain (3 steps) | word_chain (word problems)",
+        "chain",
+    )
     train: str | None = _help("training JSONL, GSM8K format (question, answer with `#### N`)", None)
     test: str | None = _help("held-out JSONL, GSM8K format", None)
     task_seed: int = _help("seed of the shipped task's questions and train/test split", 0)
-    n_train: int = _help("shipped task: training questions", 2000)
-    n_test: int = _help("shipped task: held-out questions", 200)
+    n_train: int = _help("shipped task: training questions (word_chain: the first N of its 2000)", 2000)
+    n_test: int = _help("shipped task: held-out questions (word_chain: the first N of its 300)", 200)
+    gold_count: int = _help(
+        "training questions that keep their gold trace (the first N); the rest keep only their answer "
+        "(semi-supervised: SFT and q's warm-up see the N, the other objectives every answer); -1: all",
+        -1,
+    )
     # budget
     steps: int = _help("optimizer updates of the objective (after the posterior warm-up)", 20)
     batch_size: int = _help("questions per micro-step (per process)", 8)
@@ -63,6 +74,23 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         "variational: SFT updates of q on gold traces with the answer hint", 10
     )
     posterior_warmup_examples: int = _help("variational: gold traces q's warm-up may see", 32)
+    # the offline recipe (objective variational_sft, `reasoning.reason.recipe`)
+    rho_estimator: str = _help(
+        "variational_sft: π_θ0(y | x, z) in ρ by gml (geometric mean of the answer's token probabilities) | "
+        "acc (fraction of acc_samples continuations of π_θ0 that are correct) | likelihood (exact)",
+        "gml",
+    )
+    rho_ratio: str = _help(
+        "variational_sft: π_θ0(z | x) / q(z | x, y) in ρ as normalized (per-token means, the paper's code) "
+        "or exact (sequence sums)",
+        "normalized",
+    )
+    final_data: str = _help(
+        "variational_sft: the final π's data: mix (gold + each question's top-ρ trace) | weighted (gold + "
+        "each question's traces with self-normalised weights ρ_k / Σ_j ρ_j)",
+        "mix",
+    )
+    acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)
     # evaluation
     eval_size: int = _help(
         "held-out questions scored (greedy, strict `Answer: N`) after training; 0: none", 100
@@ -77,7 +105,14 @@ class ReasonConfig(LoopConfig, PolicyConfig):
             raise DLNError(
                 f"posterior_loss must be auto, reverse_kl, forward_kl or frozen, got {self.posterior_loss!r}"
             )
-        for name in ("steps", "posterior_warmup_steps", "posterior_warmup_examples", "eval_size"):
+        self._check_recipe()
+        for name in (
+            "steps",
+            "posterior_warmup_steps",
+            "posterior_warmup_examples",
+            "eval_size",
+            "acc_samples",
+        ):
             if getattr(self, name) < 0:
                 raise DLNError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "k", "max_new_tokens", "grad_accum", "save_every"):
@@ -87,6 +122,20 @@ class ReasonConfig(LoopConfig, PolicyConfig):
             raise DLNError("temperature and weight_temperature must be > 0, top_p in (0, 1]")
         if self.objective in ("grpo", "grpo_trl") and self.k < 2:
             raise DLNError("grpo compares K >= 2 samples per question; set k: 2 or more")
+
+    def _check_recipe(self) -> None:
+        choices = {
+            "rho_estimator": RHO_ESTIMATORS,
+            "rho_ratio": ("normalized", "exact"),
+            "final_data": ("mix", "weighted"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DLNError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.gold_count < -1:
+            raise DLNError(f"gold_count must be -1 (every gold trace) or >= 0, got {self.gold_count}")
+        if self.objective == "variational_sft" and self.rho_estimator == "acc" and self.acc_samples < 1:
+            raise DLNError("rho_estimator acc needs acc_samples >= 1 continuations of π_θ0 per trace")
 
     @property
     def variational(self) -> bool:

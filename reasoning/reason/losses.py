@@ -168,10 +168,21 @@ class ForwardKLPosteriorLoss(nn.Module):
 
 
 class SFTLoss(nn.Module):
-    """Plain SFT on gold traces: loss = -(1/B) Σ_b log π_θ(z*_b, y_b | x_b)."""
+    """SFT on gold (or weighted) traces, N completions of B questions with weights c (default 1):
 
-    def forward(self, log_joint: torch.Tensor) -> LossOutput:
-        return LossOutput(-log_joint.mean(), {"nll": -log_joint.detach().mean().item()})
+        loss = -(1/B) Σ_n c_n log π_θ(z_n, y_n | x_n)      (N = B, c = 1: plain SFT, -mean log π)
+
+    The offline recipe's weighted multi-trace data gives a question K traces with self-normalised weights
+    (Σ_k c_k = 1), so every question counts once whatever its K.
+    """
+
+    def forward(
+        self, log_joint: torch.Tensor, weights: torch.Tensor | None = None, questions: int | None = None
+    ) -> LossOutput:
+        weights = torch.ones_like(log_joint) if weights is None else weights.to(log_joint.dtype)
+        questions = questions or log_joint.shape[0]
+        nll = -(weights * log_joint.detach()).sum() / weights.sum()
+        return LossOutput(-(weights * log_joint).sum() / questions, {"nll": nll.item()})
 
 
 def rft_weights(correct: torch.Tensor, debias: bool = False) -> torch.Tensor:

@@ -5,8 +5,10 @@ micro-step and the process only) and scores with its exact sequence log-probs (`
 the losses themselves live in `reasoning.reason.losses`.
 
     PosteriorWarmup  -log q(z*, y | x, y) on a few gold traces, q's adapter only
-    SFT              -log π(z*, y | x) on the gold traces z*
+    SFT              -log π(z*, y | x) on the gold traces z* (weighted traces: -Σ_k c_k log π(z_k, y | x))
     OnPolicy         K completions o_k ~ π(· | x); c_k = is_correct(o_k); RFT / GRPO weights on log π(o_k | x)
+    STaR             RFT, and where no sample is correct, K rationalisations o_k ~ π(· | x, y) (the answer
+                     as a hint) kept when they reach y and trained as log π(o_k | x), without the hint
     Variational      K traces z_k ~ q(· | x, y); θ: ELBO or multi-trace bound; φ: reverse or forward KL
 """
 
@@ -73,7 +75,7 @@ class PosteriorWarmup(Objective):
     """SFT of q on the first `posterior_warmup_examples` gold traces, the answer in its prompt."""
 
     def __call__(self, micro: int) -> Step:
-        pool = self.trainer.train_rows[: max(1, self.config.posterior_warmup_examples)]
+        pool = self.trainer.gold_rows[: max(1, self.config.posterior_warmup_examples)]
         rows = self.trainer.rows(micro, pool)
         hints = self.policy.encode_prompts([posterior_prompt(r["question"], r["answer"]) for r in rows])
         with self.policy.use("posterior"):
@@ -82,32 +84,55 @@ class PosteriorWarmup(Objective):
 
 
 class SFT(Objective):
-    """loss = -(1/B) Σ_b log π(z*_b, y_b | x_b) on the gold traces."""
+    """loss = -(1/B) Σ_b Σ_k c_bk log π(z_bk, y_b | x_b) on gold rows (one trace, c = 1: plain SFT).
+
+    Rows come from `trainer.gold_rows`: the training questions that have a gold trace, or the weighted
+    traces of the offline recipe (`traces`, `weights` columns). With `trainer.hint` the prompt carries the
+    answer, which trains the posterior q(z | x, y) instead (the recipe's q_φ).
+    """
 
     def __call__(self, micro: int) -> Step:
-        rows = self.trainer.rows(micro)
-        prompts = self.policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
-        gold = self.gold(rows)
+        rows = self.trainer.rows(micro, self.trainer.gold_rows)
+        hint = self.trainer.hint
+        texts = [
+            posterior_prompt(r["question"], r["answer"]) if hint else policy_prompt(r["question"])
+            for r in rows
+        ]
+        prompts = self.policy.encode_prompts(texts)
+        flat_prompts, completions, weights = [], [], []
+        for r, p in zip(rows, prompts):
+            for trace, weight in zip(r.get("traces") or [r["trace"]], r.get("weights") or [1.0]):
+                flat_prompts.append(p)
+                completions.append(self.trainer.continuation(format_completion(trace, r["answer"])))
+                weights.append(weight)
         with self.policy.use("policy"):
-            log_joint = self.trainer.logprob(prompts, gold)
-        out = SFTLoss()(log_joint)
-        return out.loss, {**out.metrics, "trace_len": sum(map(len, gold)) / len(gold)}
+            log_joint = self.trainer.logprob(flat_prompts, completions)
+        out = SFTLoss()(log_joint, torch.tensor(weights, device=log_joint.device), len(rows))
+        return out.loss, {**out.metrics, "trace_len": sum(map(len, completions)) / len(completions)}
 
 
 class OnPolicy(Objective):
     """RFT / GRPO: K samples from π per question; only samples with a non-zero weight are scored."""
 
+    def draw(self, rows: list[dict], prompts: list[list[int]], micro: int):
+        """(B lists of K completions, (B, K) correctness, metrics) of K samples from π per question."""
+        samples = self.sample("policy", prompts, micro)
+        correct = self.correctness(rows, samples)
+        return samples, correct, {"accuracy": correct.mean().item()}
+
+    def correctness(self, rows: list[dict], samples: list[list[list[int]]]) -> torch.Tensor:
+        return torch.tensor(
+            [[is_correct(self.policy.decode(ids), r["answer"]) for ids in g] for r, g in zip(rows, samples)],
+            dtype=torch.float64,
+        )  # (B, K)
+
     def __call__(self, micro: int) -> Step:
         c = self.config
         rows = self.trainer.rows(micro)
         prompts = self.policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
-        samples = self.sample("policy", prompts, micro)
+        samples, correct, metrics = self.draw(rows, prompts, micro)
         flat = [ids for group in samples for ids in group]  # (B*K) lists
-        correct = torch.tensor(
-            [[is_correct(self.policy.decode(ids), r["answer"]) for ids in g] for r, g in zip(rows, samples)],
-            dtype=torch.float64,
-        )  # (B, K)
-        rft = c.objective == "rft"
+        rft = c.objective in ("rft", "star")
         loss_fn = RFTLoss(c.debias) if rft else GRPOLoss(c.debias)
         coef = rft_weights(correct, c.debias) if rft else grpo_advantages(correct, c.debias)
         chosen = coef.flatten().nonzero().flatten().tolist()
@@ -115,15 +140,32 @@ class OnPolicy(Objective):
         if chosen:
             with self.policy.use("policy"):
                 scored = self.trainer.logprob([prompts[i // c.k] for i in chosen], [flat[i] for i in chosen])
-            log_policy = log_policy.index_put((torch.tensor(chosen, device=scored.device),), scored)
+            log_policy = log_policy.to(scored.dtype).index_put(
+                (torch.tensor(chosen, device=scored.device),), scored
+            )
         else:  # nothing to learn from: a zero loss that still has a graph for backward
             log_policy = log_policy + 0.0 * sum(p.sum() for p in self.policy.parameters("policy"))
         out = loss_fn(log_policy.view(len(rows), c.k), correct)
-        return out.loss, {
-            **out.metrics,
-            "accuracy": correct.mean().item(),
-            "trace_len": sum(map(len, flat)) / len(flat),
-        }
+        return out.loss, {**out.metrics, **metrics, "trace_len": sum(map(len, flat)) / len(flat)}
+
+
+class STaR(OnPolicy):
+    """STaR (Zelikman et al., 2022) in the loop: RFT on π's own samples; for a question none of whose K
+    samples is correct, K rationalisations from π with the answer as a hint (`posterior_prompt`), kept
+    when they reach it and trained as completions of the question alone, log π(o | x)."""
+
+    def draw(self, rows: list[dict], prompts: list[list[int]], micro: int):
+        samples, correct, metrics = super().draw(rows, prompts, micro)  # accuracy: π's own, unhinted
+        failed = [b for b in range(len(rows)) if correct[b].sum() == 0]
+        if failed:
+            hints = self.policy.encode_prompts(
+                [posterior_prompt(rows[b]["question"], rows[b]["answer"]) for b in failed]
+            )
+            hinted = self.sample("policy", hints, micro + 1_000_003)
+            hinted_correct = self.correctness([rows[b] for b in failed], hinted)
+            for i, b in enumerate(failed):
+                samples[b], correct[b] = hinted[i], hinted_correct[i]
+        return samples, correct, {**metrics, "rationalised": len(failed) / len(rows)}
 
 
 class Variational(Objective):
@@ -156,9 +198,13 @@ class Variational(Objective):
                 q_correct.append(is_correct(self.policy.decode(ids), r["answer"]))
         return traces, joints, q_correct
 
-    def __call__(self, micro: int) -> Step:
+    def score(self, rows: list[dict], micro: int) -> dict:
+        """K traces per question from q and their (B, K) log π(z, y | x) and log q(z | x, y).
+
+        log q is scored under the distribution the traces were drawn from (the `temperature`/`top_p` of
+        the config, `Policy.logprobs`), so log w = log π - log q is a true importance log-weight.
+        """
         c, k = self.config, self.config.k
-        rows = self.trainer.rows(micro)
         prompts = self.policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
         hints = self.policy.encode_prompts([posterior_prompt(r["question"], r["answer"]) for r in rows])
         traces, joints, q_correct = self.traces(rows, hints, micro)
@@ -170,20 +216,30 @@ class Variational(Objective):
         log_y_given_z = (token_logp * (~in_z)).sum(-1).detach()  # log π(y | x, z)
         with torch.enable_grad() if self.posterior_loss is not None else torch.no_grad():
             with self.policy.use("posterior"):
-                log_q_sum = self.policy.logprobs([h for h in hints for _ in range(k)], traces)  # (BK,)
-        log_joint = sequence_logprob(token_logp.sum(-1), mask.sum(-1), c.per_token).view(len(rows), k)
-        log_q = sequence_logprob(log_q_sum, z_len, c.per_token).view(len(rows), k)
-        out = self.theta_loss(log_joint, log_q)
+                log_q_sum = self.policy.logprobs(
+                    [h for h in hints for _ in range(k)], traces, temperature=c.temperature, top_p=c.top_p
+                )  # (BK,)
+        return {
+            "log_joint": sequence_logprob(token_logp.sum(-1), mask.sum(-1), c.per_token).view(len(rows), k),
+            "log_q": sequence_logprob(log_q_sum, z_len, c.per_token).view(len(rows), k),
+            "log_y_given_z": log_y_given_z,
+            "z_len": z_len,
+            "q_correct": q_correct,
+        }
+
+    def __call__(self, micro: int) -> Step:
+        s = self.score(self.trainer.rows(micro), micro)
+        out = self.theta_loss(s["log_joint"], s["log_q"])
         loss, metrics = out.loss, dict(out.metrics)
         if self.posterior_loss is not None:
-            post = self.posterior_loss(log_joint, log_q)
+            post = self.posterior_loss(s["log_joint"], s["log_q"])
             loss = loss + post.loss
             metrics.update(post.metrics)
         metrics.update(
             {
-                "answer_prob": log_y_given_z.exp().mean().item(),
-                "posterior_accuracy": sum(q_correct) / len(q_correct),
-                "trace_len": z_len.float().mean().item(),
+                "answer_prob": s["log_y_given_z"].exp().mean().item(),
+                "posterior_accuracy": sum(s["q_correct"]) / len(s["q_correct"]),
+                "trace_len": s["z_len"].float().mean().item(),
             }
         )
         return loss, metrics
@@ -196,4 +252,6 @@ def objective_of(trainer: ReasonTrainer) -> Objective:
         return SFT(trainer)
     if name in ("rft", "grpo"):
         return OnPolicy(trainer)
+    if name == "star":
+        return STaR(trainer)
     return Variational(trainer)

@@ -10,6 +10,8 @@ Two sources of (question, trace, answer) rows, both returned as `datasets.Datase
       answer:   "12"
 
   with a fixed, disjoint train/test split drawn from `seed`.
+- `word_chain`: shipped word problems of 4 operations with a two-operand step and a distractor (about 45
+  tokens of working; `reasoning/reason/data/generate_word_chain.py` writes them), harder than `chain`.
 - `load_jsonl(path)`: a user's JSONL of `{"question", "answer"}` in GSM8K format, where `answer` holds the
   worked solution and the final answer after `####` (the solution becomes the gold trace).
 
@@ -118,6 +120,14 @@ def split_trace(text: str) -> str:
     """The trace z of a completion: everything before its first `Answer:` (the whole text if none)."""
     head, sep, _ = text.partition(ANSWER_PREFIX)
     return head if sep else text
+
+
+def answer_only(rows: list[dict], gold_count: int = -1) -> list[dict]:
+    """The semi-supervised split: the first `gold_count` rows keep their gold trace, the rest only their
+    answer (trace ""); -1 keeps every trace."""
+    if gold_count < 0:
+        return rows
+    return [r if i < gold_count else {**r, "trace": ""} for i, r in enumerate(rows)]
 
 
 def policy_prompt(question: str) -> str:
@@ -232,9 +242,18 @@ def load_task(
         if not test:
             raise DLNError("a --train file needs a --test file too (held-out accuracy is measured on it)")
         return ReasoningTask(Path(train).stem, load_jsonl(train), load_jsonl(test))
+    if name == "word_chain":  # shipped JSONL (reasoning/reason/data/generate_word_chain.py), first N rows
+        folder = Path(__file__).resolve().parent / "data" / "word_chain"
+        train_rows, test_rows = load_jsonl(folder / "train.jsonl"), load_jsonl(folder / "test.jsonl")
+        return ReasoningTask(
+            name,
+            train_rows.select(range(min(n_train, len(train_rows)))),
+            test_rows.select(range(min(n_test, len(test_rows)))),
+        )
     if name != "chain":
         raise DLNError(
-            f"unknown reasoning task {name!r}; the shipped task is 'chain', or give --train/--test"
+            f"unknown reasoning task {name!r}; the shipped tasks are 'chain' and 'word_chain', or give "
+            "--train/--test"
         )
     return chain_task(seed=seed, n_train=n_train, n_test=n_test)
 

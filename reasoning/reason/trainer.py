@@ -47,22 +47,42 @@ from dln.errors import DLNError
 from dln.rundir import RunDir
 from reasoning.finetune.loop import TrainLoop
 from reasoning.finetune.policy import Policy
+from reasoning.reason.completions import CompletionIds
 from reasoning.reason.config import ReasonConfig
 from reasoning.reason.evaluate import evaluate
 from reasoning.reason.losses import sequence_logprob
 from reasoning.reason.objectives import PosteriorWarmup, objective_of
-from reasoning.reason.tasks import task_of
+from reasoning.reason.tasks import answer_only, task_of
 
 
 class ReasonTrainer:
     """Builds the task, the adapters and the loop of one run; `fit()` trains (resuming) and evaluates."""
 
-    def __init__(self, config: ReasonConfig, run_dir: str | Path) -> None:
+    def __init__(
+        self,
+        config: ReasonConfig,
+        run_dir: str | Path,
+        train_rows: list[dict] | None = None,
+        hint: bool = False,
+    ) -> None:
+        """`train_rows` replaces the task's training split (the offline recipe's weighted traces); `hint`
+        prompts SFT with the answer, which trains q(z | x, y) on the `policy` adapter (the recipe's q_φ)."""
         if config.objective == "grpo_trl":
             raise DLNError("grpo_trl runs TRL's own trainer: call reasoning.reason.grpo_trl.train_grpo_trl")
-        self.config, self.run_dir = config, Path(run_dir)
+        if config.objective == "variational_sft":
+            raise DLNError("variational_sft runs in stages: use reasoning.reason.recipe.VariationalSFT")
+        self.config, self.run_dir, self.hint = config, Path(run_dir), hint
         self.task = task_of(config)
-        self.train_rows = list(self.task.train)
+        if train_rows is not None and not train_rows:
+            raise DLNError("the training rows given are empty: nothing to train on")
+        self.train_rows = train_rows or answer_only(list(self.task.train), config.gold_count)
+        # the rows SFT and q's warm-up may see: those with a gold (or recipe-written) trace
+        self.gold_rows = [r for r in self.train_rows if r.get("traces") or r["trace"]]
+        if not self.gold_rows and (config.objective == "sft" or config.warmup):
+            raise DLNError(
+                f"{config.objective} needs gold traces but gold_count {config.gold_count} leaves none; "
+                "set gold_count to -1 or >= 1"
+            )
         self.adapters = ("policy", "posterior") if config.variational else ("policy",)
         self.policy = Policy.load(config, adapters=self.adapters)
         self.loop = TrainLoop(
@@ -71,9 +91,8 @@ class ReasonTrainer:
             self.policy,
             self.adapters,
         )
-        tokenizer = self.policy.tokenizer
-        self.eos = tokenizer.eos_token_id
-        self.answer_token_ids = {i for t, i in tokenizer.get_vocab().items() if "Answer" in t}
+        self.ids = CompletionIds(self.policy.tokenizer)
+        self.eos = self.ids.eos
         self.warmup = PosteriorWarmup(self)
         self.objective = objective_of(self)
 
@@ -89,15 +108,12 @@ class ReasonTrainer:
         return (self.config.seed * 1_000_003 + micro * 101 + self.loop.process_index) % (2**31)
 
     def continuation(self, text: str) -> list[int]:
-        """`text` as completion ids, EOS appended."""
-        return self.policy.tokenizer(text, add_special_tokens=False).input_ids + [self.eos]
+        """`text` as completion ids, EOS appended (`CompletionIds`)."""
+        return self.ids.continuation(text)
 
     def cut_trace(self, ids: list[int]) -> list[int]:
-        """The trace part of a sampled completion: the ids before its first `Answer` token, EOS dropped."""
-        for i, token in enumerate(ids):
-            if token in self.answer_token_ids:
-                return ids[:i]
-        return ids[:-1] if ids and ids[-1] == self.eos else ids
+        """The trace part of a sampled completion (`CompletionIds.cut_trace`)."""
+        return self.ids.cut_trace(ids)
 
     def logprob(self, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:
         """(N,) log-probs under the active adapter, exact token sums or per-token means (`per_token`)."""

@@ -128,3 +128,56 @@ def test_cli_bad_config_is_a_clear_error(tmp_path, capsys):
     assert "k: expected an integer" in capsys.readouterr().err
     assert main(["reason", "eval", "--run", str(tmp_path / "none")]) == 2
     assert "not a reasoning run" in capsys.readouterr().err
+
+
+def test_word_chain_is_shipped_deterministic_and_disjoint(tmp_path, monkeypatch):
+    """The committed JSONL is what the committed script writes; no test question is in train; every gold
+    working line is arithmetic that holds and ends at the answer."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from reasoning.reason.tasks import load_task
+
+    script = Path(__file__).resolve().parents[3] / "reasoning" / "reason" / "data" / "generate_word_chain.py"
+    spec = importlib.util.spec_from_file_location("generate_word_chain", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "__file__", str(tmp_path / "generate_word_chain.py"))
+    module.main()
+    for split in ("train", "test"):
+        shipped = (script.parent / "word_chain" / f"{split}.jsonl").read_text()
+        assert (tmp_path / "word_chain" / f"{split}.jsonl").read_text() == shipped
+    task = load_task("word_chain", n_train=2000, n_test=300)
+    assert len(task.train) == 2000 and len(task.test) == 300
+    assert not set(task.train["question"]) & set(task.test["question"])
+    for row in list(task.train)[:200]:
+        lines = row["trace"].splitlines()
+        assert len(lines) >= 4
+        for line in lines:
+            a, op, b, result = re.fullmatch(r"(\d+) ([-+*/]) (\d+) = (\d+)", line).groups()
+            assert eval(f"{a} {op} {b}") == int(result)
+        assert lines[-1].endswith(f"= {row['answer']}")
+    small = load_task("word_chain", n_train=5, n_test=3)
+    assert list(small.train) == list(task.train)[:5] and len(small.test) == 3
+
+
+def test_gold_count_keeps_gold_traces_for_the_first_questions_only(tmp_path):
+    """The semi-supervised split, for the chain task and for a user's GSM8K JSONL; SFT refuses a split
+    with no gold trace left, naming the key."""
+
+    from reasoning.reason.tasks import answer_only, load_jsonl
+    from reasoning.reason.trainer import ReasonTrainer
+
+    path = tmp_path / "train.jsonl"
+    lines = [{"question": f"q{i}", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    for rows in (list(load_jsonl(path)), list(chain_task(seed=0, n_train=4, n_test=1).train)):
+        semi = answer_only(rows, 1)
+        assert semi[0] == rows[0] and all(r["trace"] == "" for r in semi[1:])
+        assert [r["answer"] for r in semi] == [r["answer"] for r in rows]  # answers stay
+        assert answer_only(rows, -1) == rows
+    with pytest.raises(DLNError, match="gold_count"):
+        ReasonTrainer(ReasonConfig(objective="sft", gold_count=0, n_train=4, n_test=1), tmp_path / "run")
+    with pytest.raises(DLNError, match="gold_count must be"):
+        ReasonConfig(gold_count=-2)
