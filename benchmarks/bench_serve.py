@@ -10,6 +10,7 @@ alike. Greedy answers of the batched server are compared with the one-at-a-time 
     python benchmarks/bench_serve.py [--requests 64] [--time-cap 120] [--levels 1 8 32] [--max-tokens 16]
                                      [--threads 1]
     python benchmarks/bench_serve.py --soak 600    # by hand: 10 minutes at moderate load, memory start/end
+    python benchmarks/bench_serve.py --soak 600 --mixed  # completions, streaming chat, echo scoring in turn
     python benchmarks/bench_serve.py --scoring --baseline-src ../old-checkout
         # 1-token scoring requests (Microsoft DLN's: max_tokens 1, logprobs 100, ~100-token prompts) against
         # this checkout's server and, instead of the one-at-a-time server, a batched server run from another
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -63,6 +65,43 @@ def request_body(index: int, args: argparse.Namespace) -> dict:
         return {"model": "default", "prompt": prompt, "max_tokens": 1, "logprobs": 100, "temperature": 0}
     prompt = PROMPTS[index % len(PROMPTS)]
     return {"model": "default", "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}
+
+
+def mixed_request(index: int, args: argparse.Namespace) -> tuple[str, dict]:
+    """In turn: a greedy completion, a seeded streaming chat, an echo-scoring request (lm-eval's)."""
+    prompt = PROMPTS[index % len(PROMPTS)]
+    kind = index % 3
+    if kind == 1:
+        messages = [{"role": "user", "content": prompt}]
+        body = {"model": "default", "messages": messages, "max_tokens": args.max_tokens, "stream": True}
+        return "/chat/completions", {**body, "temperature": 0.7, "seed": index}
+    if kind == 2:
+        body = {"model": "default", "prompt": prompt + " The", "max_tokens": 1, "echo": True, "logprobs": 1}
+        return "/completions", {**body, "temperature": 0}
+    return "/completions", request_body(index, args)
+
+
+async def send(client: httpx.AsyncClient, index: int, args: argparse.Namespace) -> str | None:
+    """One request; its text, or None for any error (a status, a malformed body, an error event)."""
+    path, body = mixed_request(index, args) if args.mixed else ("/completions", request_body(index, args))
+    if not body.get("stream"):
+        response = await client.post(path, json=body)
+        data = response.json()
+        ok = response.status_code == 200 and len(data["choices"]) == 1 and data["usage"]["total_tokens"]
+        return data["choices"][0]["text"] if ok else None
+    parts, done = [], False
+    async with client.stream("POST", path, json=body) as response:
+        if response.status_code != 200:
+            return None
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: "):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    return None
+                parts += [c["delta"].get("content") or "" for c in chunk.get("choices", [])]
+    return "".join(parts) if done else None
 
 
 @dataclass
@@ -156,21 +195,14 @@ async def load(base_url: str, clients: int, requests: int, time_cap: float, args
                 index = next_index
                 next_index += 1
                 run.sent += 1
-                body = request_body(index, args)
                 sent_at = time.perf_counter()
                 try:
-                    response = await client.post("/completions", json=body)
-                    data = response.json()
-                    ok = (
-                        response.status_code == 200
-                        and len(data["choices"]) == 1
-                        and data["usage"]["total_tokens"]
-                    )
+                    text = await send(client, index, args)
                 except (httpx.HTTPError, ValueError, KeyError):
-                    ok = False
-                if ok:
+                    text = None
+                if text is not None:
                     run.latencies.append(time.perf_counter() - sent_at)
-                    run.answers[index] = data["choices"][0]["text"]
+                    run.answers[index] = text
                 else:
                     run.errors += 1
 
@@ -220,7 +252,8 @@ def soak(args: argparse.Namespace) -> None:
         print(
             f"soak: {len(total.latencies)} requests, {total.errors} errors, {total.lost} lost; RSS start "
             f"{start_rss:.1f} MiB, end {samples[-1]:.1f} MiB, max {max(samples):.1f} MiB "
-            f"(growth {samples[-1] - start_rss:+.1f} MiB)"
+            f"(growth {samples[-1] - start_rss:+.1f} MiB); latency p50 {total.percentile(0.5):.2f} s, "
+            f"p99 {total.percentile(0.99):.2f} s"
         )
         if total.errors or total.lost:
             sys.exit(1)
@@ -244,6 +277,9 @@ def main() -> None:
         "report its memory at start and end",
     )
     parser.add_argument("--soak-clients", type=int, default=8, help="concurrent clients during --soak")
+    parser.add_argument(
+        "--mixed", action="store_true", help="completions, streaming chat and echo scoring in turn"
+    )
     parser.add_argument("--scoring", action="store_true", help="send 1-token scoring requests (logprobs 100)")
     parser.add_argument(
         "--baseline-src",
