@@ -82,7 +82,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 declared = -1
             if declared > self.max_bytes:
-                await drain(receive, limit=max(declared, 0) if declared <= DRAIN_LIMIT else 0)
+                await drain(receive, limit=declared if declared <= DRAIN_LIMIT else 0)
                 return await send_error(send, too_large)
         chunks, total = [], 0
         while True:

@@ -94,28 +94,36 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(hf_model):
     assert len(set(a[0])) > 1  # n samples are not copies
 
 
-def test_batched_seeded_sampling_draws_what_one_sampling_generate_per_prompt_draws(hf_model):
-    """The batched sampler must reproduce transformers' own sampling under torch.manual_seed(seed)."""
+def reference_samples(hf_model, ids: list[int], *, seed: int, temperature: float, top_p: float, tokens: int):
+    """Two samples of one prompt from transformers' own `generate` under `seeded(seed)`: the new ids."""
     from dln.lm.sampling import seeded
 
+    x = torch.tensor([ids])
+    with seeded(hf_model.device, seed):
+        out = hf_model.model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=top_p,
+            max_new_tokens=tokens,
+            num_return_sequences=2,
+            pad_token_id=hf_model.tokenizer.pad_token_id,
+        )
+    return out[:, x.shape[1] :]
+
+
+def test_batched_seeded_sampling_draws_what_one_sampling_generate_per_prompt_draws(hf_model):
+    """The batched sampler must reproduce transformers' own sampling under torch.manual_seed(seed)."""
     prompts = ["Once upon a time", "The weather today is", "My favourite food is"]
     got = hf_model.generate(prompts, n=2, temperature=0.7, max_tokens=16, seed=11)
     tok = hf_model.tokenizer
     for prompt, samples in zip(prompts, got):
-        ids = torch.tensor([tok(prompt).input_ids])
-        with seeded(hf_model.device, 11):
-            out = hf_model.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=0.7,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=16,
-                num_return_sequences=2,
-                pad_token_id=tok.pad_token_id,
-            )
-        assert samples == tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        out = reference_samples(
+            hf_model, tok(prompt).input_ids, seed=11, temperature=0.7, top_p=1.0, tokens=16
+        )
+        assert samples == tok.batch_decode(out, skip_special_tokens=True)
 
 
 def test_stop_strings_end_and_are_excluded(hf_model):
@@ -151,7 +159,7 @@ def test_malformed_chat_message_is_a_clear_error(hf_model):
 
 def test_seeded_top_p_batch_draws_what_transformers_draws_per_prompt(hf_model):
     """The one sampling rule with top_p < 1: a batch draws what one sampling generate per prompt draws."""
-    from dln.lm.sampling import sample_ids, seeded
+    from dln.lm.sampling import sample_ids
 
     tok = hf_model.tokenizer
     prompts = [tok(p).input_ids for p in ["Once upon a time", "The weather today is", "Hi"]]
@@ -160,20 +168,8 @@ def test_seeded_top_p_batch_draws_what_transformers_draws_per_prompt(hf_model):
     )
     assert per_prompt == 2
     for i, ids in enumerate(prompts):
-        x = torch.tensor([ids])
-        with seeded(hf_model.device, 5):
-            out = hf_model.model.generate(
-                input_ids=x,
-                attention_mask=torch.ones_like(x),
-                do_sample=True,
-                temperature=0.9,
-                top_k=0,
-                top_p=0.8,
-                max_new_tokens=12,
-                num_return_sequences=2,
-                pad_token_id=tok.pad_token_id,
-            )
-        expected = [[t for t in row if t != tok.pad_token_id] for row in out[:, x.shape[1] :].tolist()]
+        out = reference_samples(hf_model, ids, seed=5, temperature=0.9, top_p=0.8, tokens=12)
+        expected = [[t for t in row if t != tok.pad_token_id] for row in out.tolist()]
         got = [[t for t in row if t != tok.pad_token_id] for row in rows[2 * i : 2 * i + 2]]
         assert got == expected
 
