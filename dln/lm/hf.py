@@ -218,10 +218,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         )
         # token t of the continuation is predicted by the context's last position (t=0) or by token t-1.
         logits = torch.cat([first_logits[index].unsqueeze(1), out.logits[:, :-1].float()], dim=1)  # (P, T, V)
-        if density != (1.0, 1.0):
-            logits = sampling.sampling_logits(logits, *density)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        token_logprobs = logprobs.gather(2, cont_ids.unsqueeze(-1)).squeeze(-1).cpu().tolist()  # (P, T)
+        token_logprobs = sampling.token_logprobs(logits, cont_ids, *density).cpu().tolist()  # (P, T)
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
 
 

@@ -87,6 +87,20 @@ def sampling_logits(scores: torch.Tensor, temperature: float, top_p: float) -> t
     return scores.reshape(shape)
 
 
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0
+) -> torch.Tensor:
+    """log p(targets) under softmax(top_p_filter(logits / T)): (..., V) logits and (...) ids -> (...) fp32.
+
+    The one token log-prob rule of every scorer (the `hf:` backend, the fine-tuning policy, the server);
+    T = 1 and top_p = 1 give the model's own density, -inf marks a token outside the nucleus.
+    """
+    logits = logits.float()
+    if temperature != 1.0 or top_p < 1.0:
+        logits = sampling_logits(logits, temperature, top_p)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
 class PerPromptSampler(LogitsProcessor):
     """Samples the next token of each prompt's block of rows from that prompt's own generator.
 

@@ -187,7 +187,7 @@ class Policy:
 
         `exact=True` scores in fp32 even when the policy trains under bf16 autocast (evaluation, KL).
         `temperature`/`top_p` score under the distribution `sample` draws from with those options,
-        softmax(top_p_filter(logits / T)) (`dln.lm.sampling.sampling_logits`): the density of a sample as
+        softmax(top_p_filter(logits / T)) (`dln.lm.sampling.token_logprobs`): the density of a sample as
         drawn, which an importance weight needs; the defaults give the model's own density.
 
         Returns:
@@ -214,10 +214,8 @@ class Policy:
             out = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - first)
         logits = out.logits  # (B, L - first, V)
         index = positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        picked = logits.gather(1, index).float()  # (B, T, V): the logits that predict each completion token
-        if temperature != 1.0 or top_p < 1.0:
-            picked = sampling.sampling_logits(picked, temperature, top_p)  # -inf outside the nucleus
-        token_logp = picked.gather(-1, target.unsqueeze(-1)).squeeze(-1) - picked.logsumexp(-1)  # (B, T)
+        picked = logits.gather(1, index)  # (B, T, V): the logits that predict each completion token
+        token_logp = sampling.token_logprobs(picked, target, temperature, top_p)  # (B, T)
         token_logp = torch.where(token_mask > 0, token_logp, torch.zeros_like(token_logp))  # padding: 0
         if per_token:
             return token_logp, token_mask
