@@ -141,4 +141,3 @@ def read_gguf_info(path: Path, digest: str, parts: list[str]) -> GGUFInfo:
         has_chat_template="tokenizer.chat_template" in reader.fields,
         tensor_count=len(reader.tensors),
     )
-
