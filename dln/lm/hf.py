@@ -214,7 +214,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             attention_mask=torch.cat([context_mask[index], cont_mask], dim=1),
             position_ids=positions,
             use_cache=True,
-            **{self._cache_argument: _select_cache(cache, index)},
+            **{self._cache_argument: select_cache(cache, index)},
         )
         # token t of the continuation is predicted by the context's last position (t=0) or by token t-1.
         logits = torch.cat([first_logits[index].unsqueeze(1), out.logits[:, :-1].float()], dim=1)  # (P, T, V)
@@ -222,8 +222,9 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
 
 
-def _select_cache(cache, index: torch.Tensor):
-    """A new cache holding the given batch rows of `cache` (the original stays usable for other pairs)."""
+def select_cache(cache, index: torch.Tensor):
+    """A new cache holding the given batch rows of `cache` (the original stays usable for other pairs); an
+    index that repeats a row repeats it."""
     from transformers import DynamicCache
 
     selected = DynamicCache()

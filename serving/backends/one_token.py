@@ -8,7 +8,8 @@ log-prob and the top-k alternatives come from the forward that produced it:
 
     y = argmax_v log p(v | x),   logprobs[y] = log p(y | x)   (the raw model log-probs, as the slow path's)
 
-Rows are batched within `logprobs.TOKEN_BUDGET` like any scoring pass, right-padded (no position offsets).
+Rows are batched within `logprobs.TOKEN_BUDGET` like any scoring pass, and a prefix shared by several rows
+(the choices of one question) runs once (`logprobs.row_hidden_states`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from serving.backends.jobs import GenerateJob, SamplingParams, TokenLogprobs
-from serving.backends.logprobs import chunks_within_budget, last_hidden, row_logprobs
+from serving.backends.logprobs import row_hidden_states, row_logprobs
 
 
 def applies(params: SamplingParams, jobs: Sequence[GenerateJob]) -> bool:
@@ -37,12 +38,11 @@ def generate(engine, jobs: Sequence[GenerateJob]):
     top_k = max((k for k in wanted if k is not None), default=0)
     head = engine.model.get_output_embeddings()
     out = {}
-    for chunk in chunks_within_budget(rows):
-        hidden = last_hidden(engine.lm, [rows[i] for i in chunk])  # (B, T, H)
+    for chunk, hidden in row_hidden_states(engine.lm, rows):  # hidden[b]: (len(row), H)
         for b, i in enumerate(chunk):
             j, p = keys[i]
             ids = rows[i]
-            last = torch.log_softmax(head(hidden[b, len(ids) - 1]).float(), dim=-1)  # (V,)
+            last = torch.log_softmax(head(hidden[b][len(ids) - 1]).float(), dim=-1)  # (V,)
             token = int(last.argmax())
             sample = engine.to_sample([token], jobs[j].params)
             if wanted[i] is not None:
