@@ -4,9 +4,10 @@ Why not `generate`: it decodes a fixed batch to its end, so a request that arriv
 it. Why not transformers' own continuous batching (`init_continuous_batching`): it admits requests between
 steps, but samples every row with one `do_sample` for the whole manager and one `multinomial` from the
 global random state (no seeded generator per request, no greedy row next to a sampled one, no stop
-strings), so it cannot draw what `dln.lm.sampling` draws; on CPU its paged cache also made a warm 3-prompt,
-8-token `generate_batch` of the default model take 14 s. This module keeps `generate`'s numerics and
-`dln.lm.sampling`'s draws, one decode step at a time, on transformers' `DynamicCache`.
+strings), so it cannot draw what `dln.lm.sampling` draws; on this project's CPU a second 3-prompt, 8-token
+`generate_batch` of the default model (its manager and paged cache set up each call) also took 14 s, though
+its greedy tokens equalled `generate`'s. This module keeps `generate`'s numerics and `dln.lm.sampling`'s
+draws, one decode step at a time, on transformers' `DynamicCache`.
 
 The rule:
 

@@ -85,10 +85,15 @@ class HFEngine:
             streamer=streamer if streamer.active else None,
             end_ids=self.end_ids,
         )  # (B * rows_per_prompt) rows, prompt-major
-        samples = [self.to_sample(ids, params) for ids in new]
+        rows = rows_per_prompt
+        return [self.prompt_samples(new[i * rows : (i + 1) * rows], params) for i in range(len(keys))]
+
+    def prompt_samples(self, rows: list[list[int]], params: SamplingParams) -> list[Sample]:
+        """A prompt's n samples from its generated rows (greedy: one row, copied n times)."""
+        samples = [self.to_sample(ids, params) for ids in rows]
         if params.greedy:
-            return [[replace(s) for _ in range(params.n)] for s in samples]
-        return [samples[i * params.n : (i + 1) * params.n] for i in range(len(keys))]
+            return [replace(samples[0]) for _ in range(params.n)]
+        return samples
 
     def to_sample(self, ids: list[int], params: SamplingParams) -> Sample:
         """A generated row as a sample: cut at its end token or stop string, with its finish reason.
