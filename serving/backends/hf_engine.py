@@ -1,10 +1,11 @@
 """The HF model work behind the server: batched generation with live token streaming, and token log-probs.
 
-Everything here is synchronous and runs in the micro-batcher's single model thread (`batcher`), one batch
-at a time. Requests reach it as token ids, tokenised by the serving layer with `dln.lm.tokens`' rule, so the
-server's tokens are the `hf:` backend's tokens. Sampling follows `dln.lm.sampling` (seeded requests batch
-like any other: each prompt draws from its own generator); log-probs come from `logprobs`, streaming from
-`streaming`.
+Everything here is synchronous and runs in the backend's single model thread (`batcher`, `continuous`), one
+call at a time; the continuous batcher decodes with `dln.lm.continuous` and takes `prompt_samples`,
+`add_logprobs` and `end_ids` from here. Requests reach it as token ids, tokenised by the serving layer with
+`dln.lm.tokens`' rule, so the server's tokens are the `hf:` backend's tokens. Sampling follows
+`dln.lm.sampling` (seeded requests batch like any other: each prompt draws from its own generator);
+log-probs come from `logprobs`, streaming from `streaming`.
 """
 
 from __future__ import annotations
