@@ -11,6 +11,10 @@ alike. Greedy answers of the batched server are compared with the one-at-a-time 
                                      [--threads 1]
     python benchmarks/bench_serve.py --soak 600    # by hand: 10 minutes at moderate load, memory start/end
     python benchmarks/bench_serve.py --soak 600 --mixed  # completions, streaming chat, echo scoring in turn
+    python benchmarks/bench_serve.py --staggered [--late 4] [--long-tokens 128] [--stagger 0.5]
+        # joining: while one long streaming request decodes, late requests arrive one by one; their time to
+        # first token and latency with continuous batching (the default) and with --no-continuous-batching,
+        # where a late request waits for the running batch to finish
     python benchmarks/bench_serve.py --scoring --baseline-src ../old-checkout
         # 1-token scoring requests (Microsoft DLN's: max_tokens 1, logprobs 100, ~100-token prompts) against
         # this checkout's server and, instead of the one-at-a-time server, a batched server run from another
@@ -134,9 +138,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(name: str, max_batch_size: int, args: argparse.Namespace, src: str | None = None):
-    """A `dln serve` subprocess on a free loopback port (from the checkout `src` if given); yields its /v1
-    URL."""
+def server(
+    name: str, max_batch_size: int, args: argparse.Namespace, src: str | None = None, flags: tuple = ()
+):
+    """A `dln serve` subprocess on a free loopback port (from the checkout `src` if given, with extra
+    `flags`); yields its /v1 URL."""
     port = free_port()
     command = [
         sys.executable,
@@ -155,6 +161,7 @@ def server(name: str, max_batch_size: int, args: argparse.Namespace, src: str | 
         str(args.threads),
         "--log-level",
         "warning",
+        *flags,
     ]
     log = tempfile.TemporaryFile(mode="w+")
     env = {**os.environ, "PYTHONPATH": os.path.abspath(src)} if src else None
@@ -259,6 +266,69 @@ def soak(args: argparse.Namespace) -> None:
             sys.exit(1)
 
 
+async def stream_times(client: httpx.AsyncClient, body: dict, started: asyncio.Event | None = None):
+    """(seconds to the first text, seconds to [DONE], the text, the clock at [DONE]) of one streaming
+    completion; sets `started` at its first text."""
+    sent, first, parts = time.perf_counter(), None, []
+    async with client.stream("POST", "/completions", json={**body, "stream": True}) as response:
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                break
+            if line.startswith("data: "):
+                text = "".join(c.get("text") or "" for c in json.loads(line[6:]).get("choices", []))
+                if text and first is None:
+                    first = time.perf_counter() - sent
+                    if started is not None:
+                        started.set()
+                parts.append(text)
+    end = time.perf_counter()
+    return first, end - sent, "".join(parts), end
+
+
+async def staggered_run(base_url: str, args: argparse.Namespace) -> tuple[tuple, list[tuple]]:
+    """One long greedy stream, then `args.late` short ones sent `args.stagger` s apart while it decodes."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=args.time_cap + 300) as client:
+        started = asyncio.Event()
+        long_body = {
+            "model": "default",
+            "prompt": PROMPTS[0],
+            "max_tokens": args.long_tokens,
+            "temperature": 0,
+        }
+        long = asyncio.create_task(stream_times(client, long_body, started))
+        await started.wait()
+        late = []
+        for i in range(args.late):
+            await asyncio.sleep(args.stagger)
+            late.append(asyncio.create_task(stream_times(client, request_body(i + 1, args))))
+        return await long, list(await asyncio.gather(*late))
+
+
+def staggered(args: argparse.Namespace) -> None:
+    """Time to first token of late requests with and without continuous batching, same machine, same run."""
+    rows, texts = [], {}
+    for name, flags in (("continuous", ()), ("no-continuous", ("--no-continuous-batching",))):
+        with server(name, 32, args, flags=flags) as (url, _):
+            asyncio.run(load(url, 1, 1, args.time_cap, args))  # the first request pays for initialisation
+            (_, long_s, _, long_end), late = asyncio.run(staggered_run(url, args))
+        ttft = sorted(t[0] for t in late)
+        latency = sorted(t[1] for t in late)[len(late) // 2]
+        before = sum(t[3] < long_end for t in late)
+        rows.append((name, long_s, ttft[len(ttft) // 2], ttft[-1], latency, before))
+        texts[name] = [t[2] for t in late]
+    print(
+        f"{'server':<14} {'long s':>7} {'late TTFT p50':>14} {'TTFT max':>9} {'late p50 s':>11} "
+        f"{'done before the long one':>25}"
+    )
+    for name, long_s, p50, worst, latency, before in rows:
+        print(
+            f"{name:<14} {long_s:>7.2f} {p50:>14.2f} {worst:>9.2f} {latency:>11.2f} {before:>20}/{args.late}"
+        )
+    print(f"late TTFT p50 ratio no-continuous / continuous: {rows[1][2] / rows[0][2]:.1f}x")
+    same = texts["continuous"] == texts["no-continuous"]
+    print(f"greedy late answers equal on both servers: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -282,6 +352,16 @@ def main() -> None:
     )
     parser.add_argument("--scoring", action="store_true", help="send 1-token scoring requests (logprobs 100)")
     parser.add_argument(
+        "--staggered",
+        action="store_true",
+        help="instead: late requests join one long streaming request, with and without continuous batching",
+    )
+    parser.add_argument("--late", type=int, default=4, help="late requests in --staggered")
+    parser.add_argument(
+        "--long-tokens", type=int, default=128, help="tokens of the long request in --staggered"
+    )
+    parser.add_argument("--stagger", type=float, default=0.5, help="seconds between late arrivals")
+    parser.add_argument(
         "--baseline-src",
         help="compare with a batched server run from this checkout (e.g. a git worktree before a change) "
         "instead of the one-at-a-time server",
@@ -301,6 +381,8 @@ def main() -> None:
     )
     if args.soak:
         return soak(args)
+    if args.staggered:
+        return staggered(args)
     other = ("baseline", 32, args, args.baseline_src) if args.baseline_src else ("one-at-a-time", 1, args)
     with server("batched", 32, args) as (batched, _), server(*other) as (single, _):
         # one untimed request each: the first one pays for lazy initialisation

@@ -9,8 +9,9 @@ Layout, after vLLM's server:
   failures to OpenAI's error format;
 - `backends/`: the model side: `jobs` (what a backend takes and returns), `hf_engine` (batched HF
   generation), `logprobs` (token log-probs), `streaming` (live text), `batcher` (the micro-batcher that
-  groups concurrent requests into one engine call on a single model thread, and `HFBackend`), `vllm`
-  (vLLM's async engine for `vllm:` models);
+  groups concurrent requests into one engine call on a single model thread), `continuous` (continuous
+  batching: generations join the running batch at the next decode step), `hf_backend` (`HFBackend`, the
+  async face of the HF engine), `vllm` (vLLM's async engine for `vllm:` models);
 - `models`: served names (base model + programs); `reward_registry`: the Best-of-N rewards;
 - `config`: `ServerConfig`, from which `dln serve`'s options are built; `cli`: the `dln serve` command;
 - `app`: `create_app` / `build_app` / `serve`.
@@ -27,7 +28,8 @@ Example:
 """
 
 from serving.app import build_app, create_app, serve
-from serving.backends.batcher import HFBackend, MicroBatcher
+from serving.backends.batcher import MicroBatcher
+from serving.backends.hf_backend import HFBackend
 from serving.config import ServerConfig
 from serving.models import ModelRegistry
 from serving.reward_registry import RewardRegistry

@@ -2,8 +2,8 @@
 
 `create_app` wires a backend, the served models and the rewards into an app; `build_app` does it from a
 `serving.config.ServerConfig` (model URI, `NAME=path` programs, `NAME=DIR[@S]` TFB adapters,
-`NAME=module:function` rewards); `serve` runs it under uvicorn. Backends: `hf:` models get the micro-batched
-HF engine (`backends.batcher`); a `vllm:` model uses vLLM's async engine (continuous batching,
+`NAME=module:function` rewards); `serve` runs it under uvicorn. Backends: `hf:` models get the HF engine with
+continuous batching (`backends.hf_backend`); a `vllm:` model uses vLLM's async engine (continuous batching,
 `backends.vllm`) when vllm is importable, else the HF engine on the same model directory.
 """
 
@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from dln.errors import DLNError
 from dln.lm.base import LanguageModel
-from serving.backends.batcher import HFBackend
+from serving.backends.hf_backend import HFBackend
 from serving.config import MAX_BODY_BYTES, ServerConfig
 from serving.errors import install_error_handlers
 from serving.metrics import MetricsMiddleware, ServerMetrics
@@ -101,7 +101,12 @@ def create_app(
 
 
 def build_backend(
-    uri: str, *, max_batch_size: int = 32, batch_wait_ms: float = 5.0, decode_dtype: str | None = None
+    uri: str,
+    *,
+    max_batch_size: int = 32,
+    batch_wait_ms: float = 5.0,
+    decode_dtype: str | None = None,
+    continuous: bool = True,
 ):
     """The backend for a model URI: vLLM's async engine for `vllm:` when importable, else the HF engine."""
     from dln.lm.registry import parse_model_uri
@@ -116,11 +121,11 @@ def build_backend(
 
         if vllm_available():
             return VLLMBackend(rest)
-        log.warning("vllm is not importable: serving %s with the HF engine and its micro-batcher", rest)
+        log.warning("vllm is not importable: serving %s with the HF engine", rest)
     from dln.lm.hf import HFLanguageModel
 
     lm = HFLanguageModel(rest, decode_dtype=decode_dtype)
-    return HFBackend(lm, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms)
+    return HFBackend(lm, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, continuous=continuous)
 
 
 def build_app(config: ServerConfig) -> FastAPI:
@@ -139,6 +144,7 @@ def build_app(config: ServerConfig) -> FastAPI:
         max_batch_size=config.max_batch_size,
         batch_wait_ms=config.batch_wait_ms,
         decode_dtype=config.decode_dtype or None,
+        continuous=config.continuous_batching,
     )
     base_lm = getattr(getattr(backend, "engine", None), "lm", None)  # the HF engine's model; None for vLLM
     for program_name, program in programs.items():

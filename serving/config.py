@@ -60,8 +60,24 @@ class ServerConfig:
     )
     host: str = option("127.0.0.1", help="address to listen on")
     port: int = option(8000, help="port to listen on")
-    max_batch_size: int = option(32, help="most requests per model call (1 serves one request at a time)")
-    batch_wait_ms: float = option(5.0, help="how long a request waits for others to share its model call")
+    max_batch_size: int = option(
+        32,
+        help="most sequences decoding together (a prompt's n samples are n sequences), and most requests per "
+        "scoring or program call (1 serves one request at a time)",
+    )
+    batch_wait_ms: float = option(
+        5.0,
+        help="how long a request that finds the model idle waits for others to share its prefill or call "
+        "(a request that arrives while others decode joins at the next step)",
+    )
+    continuous_batching: bool = option(
+        True,
+        flag="--no-continuous-batching",
+        action="store_false",
+        help="hf: generation requests join the running batch at the next decode step (default); with this "
+        "flag, concurrent requests with equal sampling options share one generate call, and a request that "
+        "arrives while a batch decodes waits for the whole batch",
+    )
     max_body_bytes: int = option(MAX_BODY_BYTES, help="larger request bodies are refused with 413")
     threads: int = option(
         0,

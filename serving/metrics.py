@@ -5,8 +5,8 @@
 | `dln_requests_total{route, status}` | counter | HTTP requests answered, by route template and status |
 | `dln_request_duration_seconds{route}` | histogram | arrival to the response's last byte (a stream's end) |
 | `dln_prompt_tokens_total`, `dln_generation_tokens_total` | counter | tokens in `usage` of the responses |
-| `dln_queue_depth` | gauge | requests waiting for the model (the micro-batcher's queue) |
-| `dln_batch_size` | histogram | requests per model call (micro-batched HF engine) |
+| `dln_queue_depth` | gauge | requests waiting for the model (not started yet) |
+| `dln_batch_size` | histogram | requests per model call that starts requests (e.g. a prefill of joiners) |
 
 Routes are labelled by their template (`/v1/models/{model_id}`); any other path is `other`, so a scanner
 cannot grow the label set.

@@ -147,9 +147,13 @@ class OpenAIServing:
 
         task = asyncio.ensure_future(self.backend.generate(GenerateJob(prompts, params, on_text=on_text)))
         task.add_done_callback(lambda t: (t.cancelled() or t.exception(), queue.put_nowait(_DONE)))
-        while (item := await queue.get()) is not _DONE:
-            yield item
-        yield task.result()
+        try:
+            while (item := await queue.get()) is not _DONE:
+                yield item
+            yield task.result()
+        finally:  # the client went away (the stream was cancelled or closed): its rows free their slots
+            if not task.done():
+                task.cancel()
 
     async def run_program(self, name: str, program, inputs: list[str]) -> list[str]:
         """The program's answers; a str subclass (with `extra`, see `answer_extra`) is kept as it is."""

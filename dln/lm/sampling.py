@@ -101,6 +101,19 @@ def token_logprobs(
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
+def draw(
+    scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The next token of each row of `scores` (R, V), drawn from softmax(top_p_filter(scores / T)): (R, 1).
+
+    One `multinomial` over the R rows from `generator` (None: the global random state). The rows one generator
+    draws for together are one prompt's block: the random numbers a row gets depend on its place in the
+    block, so a block is always drawn whole (`PerPromptSampler`, `dln.lm.continuous`).
+    """
+    probs = torch.softmax(sampling_logits(scores, temperature, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
 class PerPromptSampler(LogitsProcessor):
     """Samples the next token of each prompt's block of rows from that prompt's own generator.
 
@@ -118,10 +131,9 @@ class PerPromptSampler(LogitsProcessor):
         self.generators = [torch.Generator(device).manual_seed(seed) for _ in range(prompts)]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(sampling_logits(scores, self.temperature, self.top_p), dim=-1)
         picked = torch.cat(
             [
-                torch.multinomial(probs[i * self.rows : (i + 1) * self.rows], 1, generator=generator)
+                draw(scores[i * self.rows : (i + 1) * self.rows], self.temperature, self.top_p, generator)
                 for i, generator in enumerate(self.generators)
             ]
         )

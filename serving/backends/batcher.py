@@ -1,8 +1,10 @@
 """The micro-batcher: concurrent requests that arrive within a few milliseconds share one model call.
 
 A request becomes an item with a *group key*; items with the same key can run as one backend call:
-generation requests with identical sampling parameters share one `generate` batch, all scoring (echo)
-requests share one forward, all requests to one program share one `program.predict` call. One asyncio task
+generation requests with identical sampling parameters share one `generate` batch (greedy one-token
+requests always; other generations when continuous batching is off, else they decode in
+`continuous.ContinuousBatcher`, a subclass), all scoring (echo) requests share one forward, all requests to
+one program share one `program.predict` call. One asyncio task
 collects items: after the first arrives it waits `batch_wait_ms` for company (not when `max_batch_size`
 items already wait), takes up to `max_batch_size` items of the oldest item's key, in arrival order, and runs
 their call in the single model thread. While the model works, new requests queue up and form the next batch,
@@ -20,9 +22,6 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-from serving.backends.hf_engine import HFEngine
-from serving.backends.jobs import GenerateJob, Sample, ScoreJob, TokenLogprobs
 
 log = logging.getLogger("serving")
 
@@ -98,7 +97,6 @@ class MicroBatcher:
         return await future
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             if len(self._pending) < self.max_batch_size and self.batch_wait:
@@ -106,24 +104,33 @@ class MicroBatcher:
             items = self._take()
             if not self._pending:
                 self._wakeup.clear()
-            items = [i for i in items if not i.future.done()]  # a cancelled request needs no work
-            if not items:
-                continue
-            self.batches += 1
-            self.requests += len(items)
-            self.largest_batch = max(self.largest_batch, len(items))
-            if self.on_batch is not None:
-                self.on_batch(len(items))
-            try:
-                results = await loop.run_in_executor(self._executor, items[0].run, [i.payload for i in items])
-            except Exception as err:  # the whole call failed: every request in it gets the error
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(err)
-                continue
-            for item, result in zip(items, results, strict=True):
+            await self._run(items)
+
+    async def _run(self, items: list[QueuedItem]) -> None:
+        """One batched call in the model thread; each item gets its own result, or the call's error."""
+        items = [i for i in items if not i.future.done()]  # a cancelled request needs no work
+        if not items:
+            return
+        self._count(len(items))
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(self._executor, items[0].run, [i.payload for i in items])
+        except Exception as err:  # the whole call failed: every request in it gets the error
+            for item in items:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    item.future.set_exception(err)
+            return
+        for item, result in zip(items, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _count(self, size: int) -> None:
+        """Count one model call that starts `size` requests."""
+        self.batches += 1
+        self.requests += size
+        self.largest_batch = max(self.largest_batch, size)
+        if self.on_batch is not None:
+            self.on_batch(size)
 
     def _take(self) -> list[QueuedItem]:
         """Up to max_batch_size items with the oldest item's key, in arrival order; the rest stay queued."""
@@ -135,60 +142,3 @@ class MicroBatcher:
             (taken if item.key == key and len(taken) < self.max_batch_size else kept).append(item)
         self._pending = kept
         return taken
-
-
-class HFBackend:
-    """The async face of the HF engine that the serving layer calls; every model call is micro-batched.
-
-    Args:
-        lm: a `dln.lm.hf.HFLanguageModel` (a cached one is unwrapped).
-        max_batch_size, batch_wait_ms: see `MicroBatcher`.
-        warmup: run one tiny generation at start, so the first request does not pay for the first forward.
-    """
-
-    kind = "hf"
-
-    def __init__(
-        self, lm, *, max_batch_size: int = 32, batch_wait_ms: float = 5.0, warmup: bool = True
-    ) -> None:
-        lm = getattr(lm, "inner", lm)  # the server answers every request itself: no request cache
-        self.engine = HFEngine(lm)
-        self.uri = lm.uri
-        self.tokenizer = self.engine.tokenizer
-        self.max_model_len = self.engine.max_model_len
-        self.batcher = MicroBatcher(max_batch_size, batch_wait_ms)
-        self.warmup = warmup  # run one tiny generation at start, before the first request
-
-    async def start(self) -> None:
-        await self.batcher.start()
-        if self.warmup:
-            await self.batcher.run_alone(self.engine.warmup)
-
-    async def stop(self) -> None:
-        await self.batcher.stop()
-
-    def stats(self) -> dict:
-        return self.batcher.stats()
-
-    async def generate(self, job: GenerateJob) -> list[list[Sample]]:
-        return await self.batcher.submit(("generate", job.params), self.engine.generate, job)
-
-    async def score(self, job: ScoreJob) -> list[TokenLogprobs]:
-        return await self.batcher.submit(("score",), self.engine.score, job)
-
-    async def run_program(self, name: str, program, inputs: list[str]) -> list[str]:
-        def run(batches: list[list[str]]) -> list[list[str]]:
-            return predict_batches(program, batches)
-
-        return await self.batcher.submit(("program", name), run, inputs)
-
-
-def predict_batches(program, batches: list[list[str]]) -> list[list[str]]:
-    """Every request's answers from one `program.predict` call over all their inputs."""
-    flat = [x for inputs in batches for x in inputs]
-    answers = list(program.predict(flat))
-    result, start = [], 0
-    for inputs in batches:
-        result.append(answers[start : start + len(inputs)])
-        start += len(inputs)
-    return result

@@ -1,10 +1,11 @@
 """The HF model work behind the server: batched generation with live token streaming, and token log-probs.
 
-Everything here is synchronous and runs in the micro-batcher's single model thread (`batcher`), one batch
-at a time. Requests reach it as token ids, tokenised by the serving layer with `dln.lm.tokens`' rule, so the
-server's tokens are the `hf:` backend's tokens. Sampling follows `dln.lm.sampling` (seeded requests batch
-like any other: each prompt draws from its own generator); log-probs come from `logprobs`, streaming from
-`streaming`.
+Everything here is synchronous and runs in the backend's single model thread (`batcher`, `continuous`), one
+call at a time; the continuous batcher decodes with `dln.lm.continuous` and takes `prompt_samples`,
+`add_logprobs` and `end_ids` from here. Requests reach it as token ids, tokenised by the serving layer with
+`dln.lm.tokens`' rule, so the server's tokens are the `hf:` backend's tokens. Sampling follows
+`dln.lm.sampling` (seeded requests batch like any other: each prompt draws from its own generator);
+log-probs come from `logprobs`, streaming from `streaming`.
 """
 
 from __future__ import annotations
@@ -85,10 +86,15 @@ class HFEngine:
             streamer=streamer if streamer.active else None,
             end_ids=self.end_ids,
         )  # (B * rows_per_prompt) rows, prompt-major
-        samples = [self.to_sample(ids, params) for ids in new]
+        rows = rows_per_prompt
+        return [self.prompt_samples(new[i * rows : (i + 1) * rows], params) for i in range(len(keys))]
+
+    def prompt_samples(self, rows: list[list[int]], params: SamplingParams) -> list[Sample]:
+        """A prompt's n samples from its generated rows (greedy: one row, copied n times)."""
+        samples = [self.to_sample(ids, params) for ids in rows]
         if params.greedy:
-            return [[replace(s) for _ in range(params.n)] for s in samples]
-        return [samples[i * params.n : (i + 1) * params.n] for i in range(len(keys))]
+            return [replace(samples[0]) for _ in range(params.n)]
+        return samples
 
     def to_sample(self, ids: list[int], params: SamplingParams) -> Sample:
         """A generated row as a sample: cut at its end token or stop string, with its finish reason.

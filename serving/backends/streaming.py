@@ -1,4 +1,8 @@
-"""Live text from a batched `generate`: each row's new text goes to its job's `on_text` as tokens arrive."""
+"""Live text from batched decoding: each row's new text goes to its job's `on_text` as tokens arrive.
+
+`generate` feeds a `RowStreamer` through `put` (all rows each step); the continuous batcher feeds one row's
+token at a time through `push`. Both apply the same hold-back rules.
+"""
 
 from __future__ import annotations
 
@@ -49,19 +53,23 @@ class RowStreamer(BaseStreamer):
             self.started = True
             return
         for row, token in zip(self.rows, value.tolist(), strict=True):
-            callback = self.jobs[row.job].on_text
-            if row.done or callback is None:
-                continue
-            if token in self.end_ids:
-                row.done = True
-                continue
-            row.ids.append(token)
-            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-            safe = self.safe_length(row, text)
-            if safe > row.sent:
-                for choice in row.choices:
-                    callback(choice, text[row.sent : safe])
-                row.sent = safe
+            self.push(row, token)
+
+    def push(self, row: StreamRow, token: int) -> None:
+        """One new token of `row`: its job's `on_text` gets whatever of its text can be sent now."""
+        callback = self.jobs[row.job].on_text
+        if row.done or callback is None:
+            return
+        if token in self.end_ids:
+            row.done = True
+            return
+        row.ids.append(token)
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        safe = self.safe_length(row, text)
+        if safe > row.sent:
+            for choice in row.choices:
+                callback(choice, text[row.sent : safe])
+            row.sent = safe
 
     def safe_length(self, row: StreamRow, text: str) -> int:
         """How much of `text` can be sent now; a stop string found in it ends the row."""

@@ -2,7 +2,7 @@
 
 Used by `dln serve --model vllm:<path>` when the `vllm` package is importable (a GPU machine with
 `pip install 'dln[vllm]'`, or the CPU build in `.venv-vllm`); otherwise the server falls back to the HF
-engine with the micro-batcher. It offers the same async methods as `batcher.HFBackend` (`generate`, `score`,
+engine. It offers the same async methods as `hf_backend.HFBackend` (`generate`, `score`,
 `run_program`), so the serving layer does not know which one runs. Prompts arrive as token ids
 tokenised by the serving layer with `dln.lm.tokens`' rule, as for `hf:`.
 
