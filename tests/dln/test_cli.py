@@ -91,8 +91,10 @@ def test_prepare_refuses_bad_gguf_arguments(args, message):
 def test_eval_names_a_user_task_after_its_directory_or_name(tmp_path, capsys):
     from dln.cli import main
 
-    rows = [{"input": f"review {i}: {'great' if i % 2 else 'awful'}", "target": "yes" if i % 2 else "no"}
-            for i in range(4)]
+    rows = [
+        {"input": f"review {i}: {'great' if i % 2 else 'awful'}", "target": "yes" if i % 2 else "no"}
+        for i in range(4)
+    ]
     for folder in ("reviews", "other"):
         (tmp_path / folder).mkdir()
         for split in ("train", "dev", "test"):

@@ -13,7 +13,9 @@ import torch
 from serving.backends import logprobs
 from serving.backends.logprobs import MIN_SHARED, row_hidden_states, shared_prefix_groups, token_logprobs
 
-CONTEXT = "Question: which of these animals is a mammal, the one that swims in the sea and breathes air?\nAnswer:"
+CONTEXT = (
+    "Question: which of these animals is a mammal, the one that swims in the sea and breathes air?\nAnswer:"
+)
 CHOICES = [" the dolphin", " the shark", " a tuna fish", " the dolphin"]  # a repeated choice too
 
 
