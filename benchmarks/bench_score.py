@@ -4,7 +4,11 @@ The naive loop is what a first implementation does: one transformers forward ove
 (prompt, label) pair. Both run side by side in one process on the same model; the script prints their
 times, the speed-up and the largest difference between their normalised log-probs.
 
-    python benchmarks/bench_score.py [--prompts 32] [--labels 4] [--repeats 3]
+`--server` measures the server's echo scoring instead (`serving.backends.logprobs.token_logprobs`, what
+lm-eval's requests reach): every (prompt, label) row in one call, with the shared-prefix path and without it
+(`MIN_SHARED` raised past every row), in turn.
+
+    python benchmarks/bench_score.py [--prompts 32] [--labels 4] [--repeats 3] [--server]
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--labels", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--server", action="store_true", help="the server's echo scoring, shared prefix or not"
+    )
     args = parser.parse_args()
 
     model = load_model(args.model, cache=False)
@@ -76,12 +83,45 @@ def main() -> None:
         f"model {model.uri}, {args.prompts} prompts (~{tokens} tokens) x {args.labels} labels, "
         f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
     )
+    if args.server:
+        return server_scoring(model, prompts, labels, args.repeats)
     model.classify(prompts[:2], labels)  # warm-up
     naive_s, naive = best_time(lambda: naive_classify(model, prompts, labels), args.repeats)
     ours_s, ours = best_time(lambda: model.classify(prompts, labels), args.repeats)
     print(f"naive loop (one forward per prompt-label pair): {naive_s:8.3f} s")
     print(f"dln classify (batched, shared prompt prefix):   {ours_s:8.3f} s")
     print(f"speed-up: {naive_s / ours_s:.1f}x   max |diff| of log-probs: {np.abs(naive - ours).max():.2e}")
+
+
+def server_scoring(model, prompts: list[str], labels: list[str], repeats: int) -> None:
+    """Echo scoring of every (prompt, label) row in one call, shared-prefix path against none."""
+    from serving.backends import logprobs
+
+    rows = [model.encode_prompt(p) + model.encode_continuation(label) for p in prompts for label in labels]
+    shared_min = logprobs.MIN_SHARED
+
+    def run(shared: bool):
+        logprobs.MIN_SHARED = shared_min if shared else 10**9
+        return logprobs.token_logprobs(model, rows, [0] * len(rows), top_k=1)
+
+    run(True)  # warm-up
+    times = {True: [], False: []}
+    results = {}
+    for _ in range(repeats):  # in turn, so both see the same load
+        for shared in (False, True):
+            start = time.perf_counter()
+            results[shared] = run(shared)
+            times[shared].append(time.perf_counter() - start)
+    diff = max(
+        abs(a - b)
+        for x, y in zip(results[True], results[False], strict=True)
+        for a, b in zip(x.logprobs[1:], y.logprobs[1:], strict=True)
+    )
+    plain, shared = min(times[False]), min(times[True])
+    print(f"{len(rows)} echo-scoring rows, one call each way, best of {repeats}")
+    print(f"each row's own forward:        {plain:8.3f} s")
+    print(f"shared prefix run once:        {shared:8.3f} s")
+    print(f"speed-up: {plain / shared:.1f}x   max |diff| of token log-probs: {diff:.2e}")
 
 
 if __name__ == "__main__":
