@@ -7,6 +7,10 @@ gold traces; the paper's recipe (`variational_sft`, methods `vsft-<estimator>-<d
 for `--steps` SFT updates each before its final π gets its `--steps` updates, and its variants share one
 run directory per seed (the first four stages run once).
 
+`rft@sft`, `grpo@sft`, `star@sft` start π from the SFT run of the same seed (`init_policy`) and give it
+`--steps` more updates: the recipe's budget (π_θ0's updates, then the final π's), for the usual practice of
+RL or STaR after SFT.
+
 Regimes: `--gold-count -1` (full gold: every training question has its gold trace) or `--gold-count N`
 (semi-supervised: gold traces for the first N questions, answers only for the rest; SFT and the warm-ups
 see the N, RFT, GRPO, STaR and the recipe every answer).
@@ -29,6 +33,8 @@ from pathlib import Path
 
 RECIPE = ["vsft-gml-mix", "vsft-acc-mix", "vsft-gml-weighted", "vsft-acc-weighted"]
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
+#: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
+WARM = ["rft@sft", "grpo@sft", "star@sft"]
 LABELS = {
     "base": "base model",
     "sft": "SFT (gold traces)",
@@ -43,6 +49,9 @@ LABELS = {
     "vsft-acc-mix": "recipe, Acc, mix",
     "vsft-gml-weighted": "recipe, GML, weighted",
     "vsft-acc-weighted": "recipe, Acc, weighted",
+    "rft@sft": "RFT after SFT",
+    "grpo@sft": "GRPO after SFT",
+    "star@sft": "STaR after SFT",
 }
 
 
@@ -50,6 +59,7 @@ def config_of(method: str, seed: int, args: argparse.Namespace):
     from dln.config import load_config
     from reasoning.reason.config import ReasonConfig
 
+    method, warm = method.removesuffix("@sft"), method.endswith("@sft")
     objective = "variational_sft" if method.startswith("vsft-") else ("sft" if method == "base" else method)
     budget = dict(
         steps=args.steps, batch_size=args.batch_size, eval_size=args.eval_size, lr=args.lr, seed=seed,
@@ -59,6 +69,8 @@ def config_of(method: str, seed: int, args: argparse.Namespace):
     )  # fmt: skip
     if objective not in ("elbo", "sft"):
         budget["k"] = args.k
+    if warm:  # the SFT run is the recipe's prior stage of this seed (`run_method` trains it first)
+        budget["init_policy"] = str(Path(args.out) / f"seed-{seed}" / "variational_sft" / "prior" / "policy")
     if objective == "variational_sft":
         _, estimator, data = method.split("-")
         budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
@@ -78,6 +90,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
         result = evaluate(policy, task_of(config).test, None, args.eval_size, args.max_new_tokens)
         return {"method": method, "seed": seed, **result, "train_seconds": 0.0}
     extra = {}
+    if method.endswith("@sft"):
+        run_method("sft", seed, argparse.Namespace(**{**vars(args), "sft_from_recipe": True}), out)
     if method == "sft" and args.sft_from_recipe:  # the recipe's π_θ0 is this very SFT run: train it once
         from reasoning.reason.recipe import VariationalSFT
 
@@ -103,7 +117,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
 
         summary = train_grpo_trl(config, out / method)
     else:
-        summary = ReasonTrainer(config, out / method).fit()
+        summary = ReasonTrainer(config, out / method.replace("@", "-after-")).fit()
         extra = {"last": summary.get("last", {})}
     return {
         "method": method,
@@ -162,7 +176,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS)
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset of " + ",".join(METHODS + WARM) + " (@sft: π starts from the SFT run)",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--task", default="word_chain", help="chain | word_chain")
@@ -202,8 +218,8 @@ def main() -> None:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            if method not in METHODS:
-                parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+            if method not in METHODS + WARM:
+                parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS + WARM)}")
             if (method, seed) not in done:
                 done[method, seed] = run_method(method, seed, args, out / f"seed-{seed}")
                 with results_file.open("a", encoding="utf-8") as handle:

@@ -78,8 +78,23 @@ def read_adapter_meta(directory: str | Path, meta_file: str, how_to_train: str) 
 
 
 def load_adapter_weights(model, name: str, directory: str | Path) -> None:
-    """Overwrite adapter `name` of a PEFT model with the weights saved in `directory`."""
+    """Overwrite adapter `name` of a PEFT model with the weights saved in `directory` (an adapter
+    directory, or a run directory holding one in `policy/`)."""
     from peft import set_peft_model_state_dict
     from peft.utils import load_peft_weights
 
-    set_peft_model_state_dict(model, load_peft_weights(str(directory)), adapter_name=name)
+    directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file() and (directory / "policy").is_dir():
+        directory = directory / "policy"
+    if not (directory / "adapter_config.json").is_file():
+        raise DLNError(
+            f"{directory} is not an adapter directory (no adapter_config.json): give a run's policy/ "
+            "directory, e.g. runs/sft/policy"
+        )
+    try:
+        set_peft_model_state_dict(model, load_peft_weights(str(directory)), adapter_name=name)
+    except RuntimeError as err:  # a size mismatch: another LoRA rank or target modules
+        raise DLNError(
+            f"the adapter in {directory} does not fit this model's LoRA adapters (same base model, "
+            f"lora_rank and target_modules needed): {str(err).splitlines()[0]}"
+        ) from None

@@ -52,6 +52,11 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         "(semi-supervised: SFT and q's warm-up see the N, the other objectives every answer); -1: all",
         -1,
     )
+    init_policy: str = _help(
+        "start π from this saved adapter directory (e.g. an SFT run's policy/, same base model and LoRA "
+        "shape) instead of the base model: RFT, GRPO or STaR after SFT; empty: the base model",
+        "",
+    )
     # budget
     steps: int = _help("optimizer updates of the objective (after the posterior warm-up)", 20)
     batch_size: int = _help("questions per micro-step (per process)", 8)

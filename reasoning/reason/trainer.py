@@ -85,6 +85,8 @@ class ReasonTrainer:
             )
         self.adapters = ("policy", "posterior") if config.variational else ("policy",)
         self.policy = Policy.load(config, adapters=self.adapters)
+        if config.init_policy:  # a resumed run's checkpoint overwrites it again (`TrainLoop`)
+            self.policy.load_adapter_weights("policy", config.init_policy)
         self.loop = TrainLoop(
             replace(config, steps=config.warmup + config.steps),
             self.run_dir,

@@ -184,3 +184,28 @@ def test_grpo_with_trl_grpotrainer_saves_a_loadable_adapter(tmp_path):
     assert row["step"] == 1 and {"loss", "accuracy", "trace_len"} <= set(row)
     model = load_model(f"hf:{tmp_path / 'run' / 'policy'}", cache=False)
     assert len(model.generate(["Start at 2, add 1, double it, add 3."], max_tokens=4)[0]) == 1
+
+
+def test_init_policy_starts_pi_from_a_saved_adapter_and_names_a_bad_one(tmp_path):
+    from dln.errors import DLNError
+
+    sft = ReasonTrainer(ReasonConfig(objective="sft", steps=1, **TINY), tmp_path / "sft")
+    sft.fit()
+    trained = gold_logprob(sft)
+    # STaR after SFT: π starts as the SFT adapter (a run directory resolves to its policy/), not the base
+    star = ReasonTrainer(
+        ReasonConfig(objective="star", steps=1, k=2, init_policy=str(tmp_path / "sft"), **TINY),
+        tmp_path / "s",
+    )
+    assert gold_logprob(star) == pytest.approx(trained, abs=1e-4)
+    base = ReasonTrainer(ReasonConfig(objective="star", steps=1, k=2, **TINY), tmp_path / "b")
+    assert abs(gold_logprob(base) - trained) > 0.01
+    with pytest.raises(DLNError, match="not an adapter directory"):
+        ReasonTrainer(
+            ReasonConfig(objective="star", k=2, init_policy=str(tmp_path / "nope"), **TINY), tmp_path
+        )
+    with pytest.raises(DLNError, match="lora_rank"):
+        ReasonTrainer(
+            ReasonConfig(objective="sft", lora_rank=4, init_policy=str(tmp_path / "sft"), **TINY),
+            tmp_path / "r",
+        )
