@@ -55,7 +55,8 @@ class RunDir:
         """
         values = _as_dict(config)
         if self.config_file.is_file():
-            old = self.config()
+            # a key the run's config.yaml lacks (added to the config class since) counts as its default
+            old = {**_defaults(config), **self.config()}
             keys = sorted(set(values) | set(old))
             changed = [k for k in keys if k not in ignored and old.get(k) != values.get(k)]
             if changed:
@@ -116,3 +117,11 @@ def _as_dict(config: Any) -> dict[str, Any]:
 
 def _dump(values: dict[str, Any]) -> str:
     return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The default value of every field of a config dataclass that has one ({} for YAML text)."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    values = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
+    return yaml.safe_load(_dump(values)) or {}

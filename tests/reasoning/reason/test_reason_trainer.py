@@ -209,3 +209,20 @@ def test_init_policy_starts_pi_from_a_saved_adapter_and_names_a_bad_one(tmp_path
             ReasonConfig(objective="sft", lora_rank=4, init_policy=str(tmp_path / "sft"), **TINY),
             tmp_path / "r",
         )
+
+
+def test_a_run_written_before_a_config_key_existed_resumes(tmp_path):
+    """Upgrading must not orphan a run: a key missing from its config.yaml counts as the key's default."""
+    import yaml
+
+    from dln.errors import DLNError
+    from dln.rundir import RunDir
+
+    config = ReasonConfig(objective="sft", steps=1, **TINY)
+    RunDir(tmp_path).start(config)
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del written["init_policy"]  # as an older release wrote it
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(written))
+    assert RunDir(tmp_path).start(config)
+    with pytest.raises(DLNError, match="init_policy"):  # a value other than the default still differs
+        RunDir(tmp_path).start(ReasonConfig(objective="sft", steps=1, init_policy="runs/x", **TINY))
