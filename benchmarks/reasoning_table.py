@@ -204,6 +204,9 @@ def main() -> None:
         default=True,
         help="report SFT from the recipe's prior stage (the same config, seed and data: trained once)",
     )
+    parser.add_argument(
+        "--report", action="store_true", help="print the table of the finished runs in --out; train nothing"
+    )
     parser.add_argument("--configs", default="configs/reason")
     parser.add_argument("--out", default="runs/reason-bench")
     args = parser.parse_args()
@@ -216,10 +219,17 @@ def main() -> None:
             (r["method"], r["seed"]): r for r in map(json.loads, results_file.read_text().splitlines()) if r
         }
     rows = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.report:  # compare on the same seeds only: those every method has finished
+        seeds = [s for s in seeds if all((m, s) in done for m in methods)]
+        args.seeds = ",".join(map(str, seeds)) or "none finished by every method"
+    for seed in seeds:
+        for method in methods:
             if method not in METHODS + WARM:
                 parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS + WARM)}")
+            if args.report and (method, seed) not in done:
+                continue
             if (method, seed) not in done:
                 done[method, seed] = run_method(method, seed, args, out / f"seed-{seed}")
                 with results_file.open("a", encoding="utf-8") as handle:
