@@ -30,7 +30,6 @@ Only full-attention decoders (`supports`): a sliding-window cache layer keeps it
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from dln.lm import sampling
+from dln.lm.hf import cache_argument
 
 
 @dataclass(eq=False)
@@ -87,9 +87,7 @@ class ContinuousDecoder:
     def __init__(self, model, pad_id: int) -> None:
         self.model, self.pad_id = model, pad_id
         self.device = next(model.parameters()).device
-        # transformers >= 5.24 calls the cache argument `cache`, older releases `past_key_values`
-        forward = inspect.signature(model.forward).parameters
-        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        self._cache_argument = cache_argument(model)
         self.handles: list[int] = []  # the handle of each batch row
         self.blocks: dict[int, tuple[Block, int]] = {}  # handle -> (its block, its place in the block)
         self._next_handle = 0

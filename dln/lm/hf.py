@@ -72,11 +72,7 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
         self.decoder = self._decoder(decode_dtype)
-        # transformers >= 5.24 renamed `past_key_values` to `cache`; older releases (vLLM's venv) need the old
-        # name.
-        self._cache_argument = (
-            "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-        )
+        self._cache_argument = cache_argument(self.model)
 
     def _decoder(self, dtype: str | None):
         """The model `generate` decodes with: the model itself, or a copy in `dtype` (named in `uri`)."""
@@ -220,6 +216,12 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         logits = torch.cat([first_logits[index].unsqueeze(1), out.logits[:, :-1].float()], dim=1)  # (P, T, V)
         token_logprobs = sampling.token_logprobs(logits, cont_ids, *density).cpu().tolist()  # (P, T)
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
+
+
+def cache_argument(module) -> str:
+    """The keyword `module.forward` takes its KV cache by: transformers >= 5.24 renamed `past_key_values`
+    to `cache`; older releases (vLLM's venv) need the old name."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def select_cache(cache, index: torch.Tensor):

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dln.lm.hf import select_cache
+from dln.lm.hf import cache_argument, select_cache
 from serving.backends.jobs import TokenLogprobs
 
 #: tokens per forward when computing log-probs; bounds the (rows, T, hidden) activations.
@@ -107,7 +107,7 @@ def _on_shared_prefix(lm, rows, length: int, members: list[int]):
         copies = select_cache(cache, torch.zeros(len(chunk), dtype=torch.long, device=lm.device))
         hidden = decoder(
             input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
-            **{lm._cache_argument: copies},
+            **{cache_argument(decoder): copies},
         ).last_hidden_state  # fmt: skip
         yield chunk, [torch.cat([prefix_hidden, hidden[b, : len(s)]]) for b, s in enumerate(suffixes)]
 
