@@ -55,11 +55,13 @@ LABELS = {
 }
 
 
-def config_of(method: str, seed: int, args: argparse.Namespace):
+def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str = ""):
     from dln.config import load_config
     from reasoning.reason.config import ReasonConfig
 
     method, warm = method.removesuffix("@sft"), method.endswith("@sft")
+    if warm and not init_policy:
+        raise ValueError(f"{method}@sft needs the SFT run's adapter (init_policy)")
     objective = "variational_sft" if method.startswith("vsft-") else ("sft" if method == "base" else method)
     budget = dict(
         steps=args.steps, batch_size=args.batch_size, eval_size=args.eval_size, lr=args.lr, seed=seed,
@@ -69,18 +71,31 @@ def config_of(method: str, seed: int, args: argparse.Namespace):
     )  # fmt: skip
     if objective not in ("elbo", "sft"):
         budget["k"] = args.k
-    if warm:  # the SFT run is the recipe's prior stage of this seed (`run_method` trains it first)
-        budget["init_policy"] = str(Path(args.out) / f"seed-{seed}" / "variational_sft" / "prior" / "policy")
+    if warm:  # `run_method` trains the SFT run first and gives its adapter
+        budget["init_policy"] = init_policy
     if objective == "variational_sft":
         _, estimator, data = method.split("-")
         budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
     return load_config(ReasonConfig, Path(args.configs) / f"{objective}.yaml", budget)
 
 
+def prior_stage(seed: int, args: argparse.Namespace, out: Path) -> dict:
+    """The recipe's prior stage of this seed (π_θ0, the SFT run on the gold traces), trained once and shared
+    by the SFT row, the recipe rows and the `@sft` rows; its summary."""
+    from reasoning.reason.recipe import VariationalSFT
+
+    prior = VariationalSFT(config_of(RECIPE[0], seed, args), out / "variational_sft").fit("prior")
+    return prior["stages"]["prior"]
+
+
 def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     from reasoning.reason.trainer import ReasonTrainer
 
-    start, config = time.time(), config_of(method, seed, args)
+    start, init_policy = time.time(), ""
+    if method.endswith("@sft"):  # π starts from the SFT run of this seed: the recipe's prior stage
+        prior_stage(seed, args, out)
+        init_policy = str(out / "variational_sft" / "prior" / "policy")
+    config = config_of(method, seed, args, init_policy)
     if method == "base":
         from reasoning.finetune.policy import Policy
         from reasoning.reason.evaluate import evaluate
@@ -90,13 +105,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
         result = evaluate(policy, task_of(config).test, None, args.eval_size, args.max_new_tokens)
         return {"method": method, "seed": seed, **result, "train_seconds": 0.0}
     extra = {}
-    if method.endswith("@sft"):
-        run_method("sft", seed, argparse.Namespace(**{**vars(args), "sft_from_recipe": True}), out)
     if method == "sft" and args.sft_from_recipe:  # the recipe's π_θ0 is this very SFT run: train it once
-        from reasoning.reason.recipe import VariationalSFT
-
-        prior = VariationalSFT(config_of(RECIPE[0], seed, args), out / "variational_sft").fit("prior")
-        stage = prior["stages"]["prior"]
+        stage = prior_stage(seed, args, out)
         return {"method": method, "seed": seed, **stage["eval"], "train_seconds": stage["train_seconds"]}
     if method.startswith("vsft-"):
         from reasoning.reason.recipe import VariationalSFT
