@@ -119,7 +119,10 @@ class VariationalSFT:
         return [item for path in files for item in json.loads(path.read_text())]
 
     def _seed(self, index: int, stage: int) -> int:
-        return (self.config.seed * 1_000_003 + index * 101 + stage) % (2**31)
+        """The sampling seed of chunk `index` in stage `stage` (1: traces, 2: weights)."""
+        from reasoning.reason.trainer import derived_seed
+
+        return derived_seed(self.config.seed, index, stage)
 
     def traces(self) -> dict:
         """K traces per question from q_φ at the config's temperature/top_p, cut before `Answer`."""

@@ -55,6 +55,12 @@ from reasoning.reason.objectives import PosteriorWarmup, objective_of
 from reasoning.reason.tasks import answer_only, task_of
 
 
+def derived_seed(seed: int, step: int, part: int) -> int:
+    """A sampling seed for one (step, part) of a run seeded `seed`, distinct across steps and parts:
+    (seed * 1_000_003 + step * 101 + part) mod 2^31."""
+    return (seed * 1_000_003 + step * 101 + part) % (2**31)
+
+
 class ReasonTrainer:
     """Builds the task, the adapters and the loop of one run; `fit()` trains (resuming) and evaluates."""
 
@@ -107,7 +113,7 @@ class ReasonTrainer:
 
     def sample_seed(self, micro: int) -> int:
         """The sampling seed of micro-step `micro` on this process."""
-        return (self.config.seed * 1_000_003 + micro * 101 + self.loop.process_index) % (2**31)
+        return derived_seed(self.config.seed, micro, self.loop.process_index)
 
     def continuation(self, text: str) -> list[int]:
         """`text` as completion ids, EOS appended (`CompletionIds`)."""
