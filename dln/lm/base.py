@@ -66,6 +66,9 @@ class LanguageModel(ABC):
 
     #: a stable identifier of backend + model, used in cache keys (e.g. "hf:/path/to/model").
     uri: str
+    #: names the algorithm that draws sampled tokens, in the cache keys of samples: a new sampler draws
+    #: other samples for the same seed and must not be served an old one's ("": the engine's own).
+    sampler: str = ""
 
     def generate(
         self,

@@ -3,9 +3,9 @@
 One sqlite file in WAL mode: readers never block the writer, several processes and threads share it, and each
 batch of answers is written in one transaction, so a process killed mid-write leaves the file as it was
 before that batch. A key is the SHA-256 of everything that changes the answer: the backend and model
-(`uri`), the method, the prompt (or context and continuation), n, temperature, max tokens, stop strings and
-seed. Sampling with temperature > 0 and no seed is not cached unless `cache_unseeded_samples` is set,
-since a second call is expected to give new samples.
+(`uri`), the method, the prompt (or context and continuation), n, temperature, max tokens, stop strings,
+seed and, for samples, the sampler that drew them (`sampler`). Sampling with temperature > 0 and no seed is
+not cached unless `cache_unseeded_samples` is set, since a second call is expected to give new samples.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class CachedLanguageModel(LanguageModel):
     ) -> None:
         self.inner = inner
         self.uri = inner.uri
+        self.sampler = inner.sampler
         self.store = RequestCache(path)
         self.cache_unseeded_samples = cache_unseeded_samples
         self.hits = 0
@@ -102,7 +103,10 @@ class CachedLanguageModel(LanguageModel):
         if not options.greedy and options.seed is None and not self.cache_unseeded_samples:
             return self.inner._generate(prompts, options)
         sampling = asdict(options)
-        keys = [request_key(uri=self.uri, method="generate", prompt=p, **sampling) for p in prompts]
+        keys = [
+            request_key(uri=self.uri, sampler=self.sampler, method="generate", prompt=p, **sampling)
+            for p in prompts
+        ]
         return self._through_cache(keys, prompts, lambda missing: self.inner._generate(missing, options))
 
     def _score(self, contexts: list[Prompt], continuations: list[str]) -> list[list[float]]:
@@ -115,7 +119,10 @@ class CachedLanguageModel(LanguageModel):
             return self.inner._sample(prompts, options, top_p)
         sampling = asdict(options)
         keys = [
-            request_key(uri=self.uri, method="sample", prompt=p, top_p=top_p, **sampling) for p in prompts
+            request_key(
+                uri=self.uri, sampler=self.sampler, method="sample", prompt=p, top_p=top_p, **sampling
+            )
+            for p in prompts
         ]
         rows = self._through_cache(
             keys,

@@ -44,6 +44,8 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         threads: torch CPU threads for this process (`torch.set_num_threads`); default: torch's choice.
     """
 
+    sampler = sampling.SAMPLER
+
     def __init__(
         self,
         name: str,

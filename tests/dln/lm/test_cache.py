@@ -21,7 +21,7 @@ class CountingModel(LanguageModel):
     """Passes calls to the real model and counts the requests that reach it."""
 
     def __init__(self, inner: LanguageModel) -> None:
-        self.inner, self.uri = inner, inner.uri
+        self.inner, self.uri, self.sampler = inner, inner.uri, inner.sampler
         self.generated: list = []
         self.scored: list = []
 
@@ -74,6 +74,17 @@ def test_every_sampling_field_is_in_the_key(counted, change):
     cached.generate(["Hello"], max_tokens=4)
     cached.generate(["Hello"], **{"max_tokens": 4, **change})
     assert len(counter.generated) == 2
+
+
+def test_a_sample_of_another_sampler_is_not_served(counted, tmp_path):
+    """The same seed draws other samples under a new sampler, so the sampler's name is in the key."""
+    counter, cached = counted
+    assert cached.sampler == counter.inner.sampler != ""
+    cached.generate(["Hello"], temperature=1.0, seed=3, max_tokens=4)
+    counter.sampler = "another-sampler"
+    renamed = CachedLanguageModel(counter, tmp_path / "cache.sqlite")
+    renamed.generate(["Hello"], temperature=1.0, seed=3, max_tokens=4)
+    assert len(counter.generated) == 2 and renamed.hits == 0
 
 
 def test_unseeded_sampling_is_not_served_from_cache_unless_asked(counted, tmp_path):
