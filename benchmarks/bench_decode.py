@@ -5,12 +5,14 @@ avx512_bf16 or AMX), then tokens/s of greedy and seeded sampling (T = 1) at each
 new tokens, for:
 - `hf-before`: the backend as it was, fp32 with torch's default thread count;
 - `hf-after`: `threads=--threads` and, where the CPU has bf16, `decode_dtype="bfloat16"`;
+- `hf-base` (with `--baseline-src DIR`): hf-after's settings on another checkout of the code (before a change,
+  e.g. `git archive <commit> | tar -x -C DIR`), so a change's gain is measured side by side in one run;
 - `vllm`: the vLLM CPU build (`make vllm-venv`), bf16 where the CPU has it, else fp32.
 Each engine runs in its own subprocess (thread settings are per process); every cell is the best of
 `--repeats` after one warm-up call. Tokens are the generated ids of every row, cut after the end token.
 
     python benchmarks/bench_decode.py [--batches 1 8 16 32] [--max-tokens 64] [--threads 1] [--repeats 2]
-                                      [--engines hf-before hf-after vllm]
+                                      [--engines hf-before hf-after vllm] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -120,16 +122,19 @@ def vllm_worker(args) -> dict:
 def run_engine(name: str, args) -> dict:
     bf16 = "bfloat16" if has_bf16() else None
     python, extra = sys.executable, []
+    env = None
     if name == "hf-before":
         extra = ["--threads", "0"]
-    elif name == "hf-after":
+    elif name in ("hf-after", "hf-base"):
         extra = ["--threads", str(args.threads)] + (["--dtype", bf16] if bf16 else [])
+        if name == "hf-base":
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(args.baseline_src)}
     else:
         python, extra = str(VLLM_PYTHON), ["--dtype", bf16 or "float32"]
     command = [python, __file__, "--worker", name.split("-")[0], *extra, "--batches", *map(str, args.batches)]
     command += ["--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
     print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
-    out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -146,7 +151,8 @@ def report(args) -> None:
         f"\n{args.max_tokens} new tokens per row; tokens/s (ratio to vllm); load at the end "
         f"{os.getloadavg()[0]:.2f}"
     )
-    print("| mode | batch | " + " | ".join(args.engines) + " | after / before |")
+    before = "hf-base" if "hf-base" in results else "hf-before"
+    print("| mode | batch | " + " | ".join(args.engines) + f" | hf-after / {before} |")
     print("|---|---|" + "---|" * (len(args.engines) + 1))
     for cell in results[args.engines[0]]["cells"]:
         row = []
@@ -155,8 +161,9 @@ def report(args) -> None:
             vllm = results.get("vllm", {}).get("cells", {}).get(cell)
             row.append(f"{rate:.1f}" + (f" ({rate / vllm:.2f}x)" if vllm and name != "vllm" else ""))
         gain = ""
-        if {"hf-before", "hf-after"} <= results.keys():
-            gain = f"{results['hf-after']['cells'][cell] / results['hf-before']['cells'][cell]:.2f}x"
+        before = "hf-base" if "hf-base" in results else "hf-before"
+        if {before, "hf-after"} <= results.keys():
+            gain = f"{results['hf-after']['cells'][cell] / results[before]['cells'][cell]:.2f}x"
         print(f"| {cell.split()[0]} | {cell.split()[1]} | " + " | ".join(row) + f" | {gain} |")
 
 
@@ -170,10 +177,13 @@ def main() -> None:
         "--threads", type=int, default=1, help="hf-after's torch threads (0: torch's default)"
     )
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--engines", nargs="+", default=["hf-before", "hf-after", "vllm"])
+    parser.add_argument("--engines", nargs="+", help="default: hf-before [hf-base] hf-after vllm")
+    parser.add_argument("--baseline-src", help="a checkout of the code before a change: adds hf-base")
     parser.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.engines is None:
+        args.engines = ["hf-before", *(["hf-base"] if args.baseline_src else []), "hf-after", "vllm"]
     if args.worker:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         result = (hf_worker if args.worker == "hf" else vllm_worker)(args)

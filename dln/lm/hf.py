@@ -8,7 +8,8 @@ right-padded so that no real token ever attends to padding.
 Decoding speed on CPU (`benchmarks/bench_decode.py` has the figures): a decode step of the default model is a
 few milliseconds of arithmetic, so what decides its time is the thread count (torch's default, one thread per
 core, stalls on a CPU shared with other jobs: `threads=1` there) and the weights' dtype (on CPUs with AMX or
-AVX-512 bf16, bf16 weights decode a batch of 32 ~2.7x faster). transformers' `generate` adds little over a
+AVX-512 bf16, bf16 weights decode a batch of 32 ~2.7x faster, and their matmuls run on weights laid out once
+for oneDNN, `dln.lm.packed`). transformers' `generate` adds little over a
 hand-written loop, so it stays the decoder. `decode_dtype="bfloat16"` decodes `generate` with a bf16 copy of
 the weights: those texts come from a bf16 model (greedy answers can differ from fp32 ones), so the dtype is
 part of `uri` and no cache entry of the fp32 decoder is served for them. `sample`, whose log-probs enter
@@ -82,8 +83,12 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             return self.model
         import copy
 
+        from dln.lm.packed import pack_linears
+
         self.uri += f"#decode={dtype}"
-        return copy.deepcopy(self.model).to(getattr(torch, dtype)).eval()
+        decoder = copy.deepcopy(self.model).to(getattr(torch, dtype)).eval()
+        pack_linears(decoder)  # bf16 on CPU: weights laid out once for oneDNN, bit-identical outputs
+        return decoder
 
     def pad(self, rows: Sequence[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) on this model's device, padded with its pad token (`dln.lm.sampling.pad`)."""
