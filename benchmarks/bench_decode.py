@@ -161,7 +161,6 @@ def report(args) -> None:
             vllm = results.get("vllm", {}).get("cells", {}).get(cell)
             row.append(f"{rate:.1f}" + (f" ({rate / vllm:.2f}x)" if vllm and name != "vllm" else ""))
         gain = ""
-        before = "hf-base" if "hf-base" in results else "hf-before"
         if {before, "hf-after"} <= results.keys():
             gain = f"{results['hf-after']['cells'][cell] / results[before]['cells'][cell]:.2f}x"
         print(f"| {cell.split()[0]} | {cell.split()[1]} | " + " | ".join(row) + f" | {gain} |")

@@ -52,8 +52,8 @@ def trim_after_end(row: list[int], end_ids: set[int] | frozenset[int]) -> list[i
 def sampling_logits(scores: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """The logits whose softmax is the sampling distribution: top_p_filter(scores / T), (..., V).
 
-    The one definition of the density a sample was drawn from (`PerPromptSampler` draws from it, the `hf:`
-    backend's `sample` scores with it); transformers' own warpers, so unseeded `generate` matches it too.
+    The one definition of the density a sample was drawn from (`draw` draws from it, the `hf:` backend's
+    `sample` and the fine-tuning policy score with it); the nucleus is transformers' `TopPLogitsWarper`'s.
     """
     shape = scores.shape
     scores = scores.reshape(-1, shape[-1]).float() / temperature
@@ -134,23 +134,21 @@ class PerPromptSampler(LogitsProcessor):
     def __init__(
         self, prompts: int, rows_per_prompt: int, temperature: float, top_p: float, seed: int | None, device
     ) -> None:
-        self.rows = rows_per_prompt
         self.temperature = temperature
         self.top_p = top_p
-        self.generators = (
-            None if seed is None else [torch.Generator(device).manual_seed(seed) for _ in range(prompts)]
-        )
+        if seed is None:  # one block of every row, drawn from the global random state
+            self.rows, self.generators = prompts * rows_per_prompt, [None]
+        else:
+            self.rows = rows_per_prompt
+            self.generators = [torch.Generator(device).manual_seed(seed) for _ in range(prompts)]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.generators is None:
-            picked = draw(scores, self.temperature, self.top_p)
-        else:
-            picked = torch.cat(
-                [
-                    draw(scores[i * self.rows : (i + 1) * self.rows], self.temperature, self.top_p, generator)
-                    for i, generator in enumerate(self.generators)
-                ]
-            )
+        picked = torch.cat(
+            [
+                draw(scores[i * self.rows : (i + 1) * self.rows], self.temperature, self.top_p, generator)
+                for i, generator in enumerate(self.generators)
+            ]
+        )
         return torch.full_like(scores, -torch.inf).scatter_(1, picked, 0.0)
 
 
