@@ -1,8 +1,8 @@
 """Decoding speed: `hf:` before and after, `vllm:` from its own venv, and the machine's matmul peak, one run.
 
 Prints the CPU model and its vector flags, the peak matmul GFLOP/s (fp32, and bf16 where the CPU has
-avx512_bf16 or AMX), then tokens/s of greedy and seeded sampling (T = 1) at each batch size x `--max-tokens`
-new tokens, for:
+avx512_bf16 or AMX), then tokens/s of each of `--modes` (`greedy`; `seeded`: T = 1, the full distribution;
+`nucleus`: seeded, T = 1, top-p 0.9) at each batch size x `--max-tokens` new tokens, for:
 - `hf-before`: the backend as it was, fp32 with torch's default thread count;
 - `hf-after`: `threads=--threads` and, where the CPU has bf16, `decode_dtype="bfloat16"`;
 - `hf-base` (with `--baseline-src DIR`): hf-after's settings on another checkout of the code (before a change,
@@ -13,6 +13,7 @@ Each engine runs in its own subprocess (thread settings are per process); every 
 
     python benchmarks/bench_decode.py [--batches 1 8 16 32] [--max-tokens 64] [--threads 1] [--repeats 2]
                                       [--engines hf-before hf-after vllm] [--baseline-src DIR]
+                                      [--modes greedy seeded nucleus]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SUBJECTS = ["the sea", "a small town", "winter", "a lost key", "the first train", "an old library", "bread"]
 PROMPTS = [f"Write a long story about {s}. Once upon a time," for s in SUBJECTS * 5]
+MODES = {"greedy": (0.0, 1.0, None), "seeded": (1.0, 1.0, 0), "nucleus": (1.0, 0.9, 0)}  # T, top-p, seed
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
 
 
@@ -61,16 +63,16 @@ def peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds: float 
     return best
 
 
-def time_cells(decode, batches, repeats) -> dict:
-    """decode(prompts, seed) -> generated id rows; the best tokens/s per (mode, batch)."""
+def time_cells(decode, batches, repeats, modes) -> dict:
+    """decode(prompts, temperature, top_p, seed) -> generated id rows; the best tokens/s per (mode, batch)."""
     results = {}
-    decode(PROMPTS[:2], None)  # warm-up: page the weights in, initialise kernels
+    decode(PROMPTS[:2], *MODES["greedy"])  # warm-up: page the weights in, initialise kernels
     for batch in batches:
-        for mode, seed in (("greedy", None), ("seeded", 0)):
+        for mode in modes:
             best = 0.0
             for _ in range(repeats):
                 start = time.perf_counter()
-                rows = decode(PROMPTS[:batch], seed)
+                rows = decode(PROMPTS[:batch], *MODES[mode])
                 best = max(best, sum(len(r) for r in rows) / (time.perf_counter() - start))
             results[f"{mode} {batch}"] = best
             print(f"  {mode} batch {batch}: {best:.1f} tok/s", file=sys.stderr, flush=True)
@@ -87,11 +89,12 @@ def hf_worker(args) -> dict:
     lm.batch_size = max(args.batches)
     encoded_all = [lm.encode_prompt(p) for p in PROMPTS]
 
-    def decode(prompts, seed):
-        options = SamplingOptions(1, 0.0 if seed is None else 1.0, args.max_tokens, (), seed)
-        return lm._sample_rows(encoded_all[: len(prompts)], options, model=lm.decoder)
+    def decode(prompts, temperature, top_p, seed):
+        options = SamplingOptions(1, temperature, args.max_tokens, (), seed)
+        return lm._sample_rows(encoded_all[: len(prompts)], options, top_p, model=lm.decoder)
 
-    return {"threads": torch.get_num_threads(), "cells": time_cells(decode, args.batches, args.repeats)}
+    cells = time_cells(decode, args.batches, args.repeats, args.modes)
+    return {"threads": torch.get_num_threads(), "cells": cells}
 
 
 def vllm_worker(args) -> dict:
@@ -103,10 +106,10 @@ def vllm_worker(args) -> dict:
     lm = load_model("vllm:default", cache=False, dtype=args.dtype or "float32", max_model_len=512)
     encoded = [TokensPrompt(prompt_token_ids=lm.encode_prompt(p)) for p in PROMPTS]
 
-    def decode(prompts, seed):
+    def decode(prompts, temperature, top_p, seed):
         params = [
             SamplingParams(
-                temperature=0.0 if seed is None else 1.0, top_k=0, max_tokens=args.max_tokens, seed=seed
+                temperature=temperature, top_p=top_p, top_k=0, max_tokens=args.max_tokens, seed=seed
             )
             for _ in prompts
         ]
@@ -114,7 +117,7 @@ def vllm_worker(args) -> dict:
         return [o.outputs[0].token_ids for o in outputs]
 
     try:
-        return {"cells": time_cells(decode, args.batches, args.repeats)}
+        return {"cells": time_cells(decode, args.batches, args.repeats, args.modes)}
     finally:
         lm.close()
 
@@ -132,7 +135,7 @@ def run_engine(name: str, args) -> dict:
     else:
         python, extra = str(VLLM_PYTHON), ["--dtype", bf16 or "float32"]
     command = [python, __file__, "--worker", name.split("-")[0], *extra, "--batches", *map(str, args.batches)]
-    command += ["--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats)]
+    command += ["--max-tokens", str(args.max_tokens), "--repeats", str(args.repeats), "--modes", *args.modes]
     print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -176,6 +179,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="hf-after's torch threads (0: torch's default)"
     )
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["greedy", "seeded", "nucleus"])
     parser.add_argument("--engines", nargs="+", help="default: hf-before [hf-base] hf-after vllm")
     parser.add_argument("--baseline-src", help="a checkout of the code before a change: adds hf-base")
     parser.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 def pad(
@@ -53,13 +53,45 @@ def sampling_logits(scores: torch.Tensor, temperature: float, top_p: float) -> t
     """The logits whose softmax is the sampling distribution: top_p_filter(scores / T), (..., V).
 
     The one definition of the density a sample was drawn from (`draw` draws from it, the `hf:` backend's
-    `sample` and the fine-tuning policy score with it); the nucleus is transformers' `TopPLogitsWarper`'s.
+    `sample` and the fine-tuning policy score with it); the nucleus is `nucleus_threshold`'s.
     """
     shape = scores.shape
     scores = scores.reshape(-1, shape[-1]).float() / temperature
     if top_p < 1.0:
-        scores = TopPLogitsWarper(top_p)(None, scores)
+        probs = torch.softmax(scores, dim=-1)
+        scores = scores.masked_fill(probs < nucleus_threshold(probs, top_p), -torch.inf)
     return scores.reshape(shape)
+
+
+NUCLEUS_FIRST_K = 64  # most nuclei of a trained LM fit in its 64 most likely tokens: one cheap topk
+
+
+def nucleus_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Per row, the probability v* of the nucleus' least likely token: (R, V) -> (R, 1).
+
+    The nucleus is {i : p_i >= v*} with v* = s_d, s the probabilities sorted in descending order and d the
+    first rank whose inclusive cumulative sum (in float64) reaches top_p: the most likely tokens down to the
+    first that brings the mass to top_p (at least one token), and every token tied with it. This is
+    transformers' `TopPLogitsWarper` rule but for ties, which it splits by sort order and this keeps whole.
+
+    Exact without sorting the vocabulary (110 ms for 32 x 49,152 on one core, most of a decode step): the
+    first d lies in the top-k as soon as the top-k's mass reaches top_p, so each row takes a top-64, then a
+    top-512 and a top-4096 only if its nucleus is wider, and the whole sorted row last.
+    """
+    rows, vocab = probs.shape
+    threshold = torch.empty(rows, 1, dtype=probs.dtype, device=probs.device)
+    pending = torch.arange(rows, device=probs.device)
+    k = NUCLEUS_FIRST_K
+    while pending.numel():
+        k = min(k, vocab)
+        values = probs[pending].topk(k, dim=-1).values  # sorted, descending
+        mass = values.to(torch.float64).cumsum(-1)  # fp32 sums over thousands of tokens drift by 1e-5
+        done = (mass[:, -1] >= top_p) | (k == vocab)  # at k == V rounding may leave the sum under top_p
+        first = (mass < top_p).sum(-1, keepdim=True).clamp(max=k - 1)
+        threshold[pending[done]] = values.gather(1, first)[done]
+        pending = pending[~done]
+        k *= 8
+    return threshold
 
 
 def token_logprobs(
@@ -76,7 +108,7 @@ def token_logprobs(
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
-SAMPLER = "inverse-cdf-1"  # names `draw`'s algorithm in request cache keys
+SAMPLER = "inverse-cdf-2"  # names `draw`'s algorithm and nucleus rule in request cache keys
 CDF_BLOCK = 256
 
 

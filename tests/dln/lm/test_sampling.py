@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from transformers import TopPLogitsWarper
 
-from dln.lm.sampling import CDF_BLOCK, draw, inverse_cdf, sampling_logits
+from dln.lm.sampling import CDF_BLOCK, NUCLEUS_FIRST_K, draw, inverse_cdf, nucleus_threshold, sampling_logits
 
 
 def reference_index(probs: np.ndarray, u: float) -> int:
@@ -63,3 +64,38 @@ def test_a_block_draws_the_same_whatever_else_is_in_the_batch():
     assert torch.equal(one, again)
     other = draw(scores[:2], 1.0, 1.0, torch.Generator().manual_seed(5))
     assert not torch.equal(one, other) or torch.equal(scores.argmax(-1)[:2, None], one)
+
+
+def reference_nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """The definition, by a full sort: every token at least as likely as the first (in descending order) whose
+    inclusive cumulative mass reaches top_p."""
+    ordered = np.sort(probs)[::-1]
+    mass = np.cumsum(ordered.astype(np.float64))
+    first = min(int(np.sum(mass < top_p)), len(probs) - 1)
+    return probs >= ordered[first]
+
+
+@pytest.mark.parametrize("vocab", [5, 100, 49_152])
+def test_the_nucleus_equals_its_definition_however_wide(vocab):
+    """Rows whose nucleus is 1 token, a few, hundreds (past the first top-k) and nearly the whole vocabulary
+    (a flat row, past every top-k level) all get the full sort's nucleus."""
+    generator = torch.Generator().manual_seed(0)
+    spreads = torch.tensor([30.0, 3.0, 1.0, 0.3, 0.0, 0.01])[:, None]
+    logits = torch.randn(6, vocab, generator=generator) * spreads
+    probs = torch.softmax(logits, -1)
+    for top_p in (0.1, 0.5, 0.9, 0.999):
+        kept = probs >= nucleus_threshold(probs, top_p)
+        want = np.stack([reference_nucleus(row, top_p) for row in probs.numpy()])
+        assert np.array_equal(kept.numpy(), want), top_p
+    if vocab > 8 * NUCLEUS_FIRST_K:  # the case reaches beyond the first top-k
+        assert int(kept[4].sum()) > 8 * NUCLEUS_FIRST_K
+
+
+def test_the_nucleus_is_transformers_rule_without_ties_and_keeps_ties_whole():
+    logits = torch.randn(8, 2_000, generator=torch.Generator().manual_seed(1)) * 2
+    for top_p in (0.3, 0.8, 0.95):
+        ours = torch.isfinite(sampling_logits(logits, 1.0, top_p))
+        theirs = torch.isfinite(TopPLogitsWarper(top_p)(None, logits.clone()))
+        assert torch.equal(ours, theirs), top_p
+    tied = torch.tensor([[3.0, 1.0, 1.0, 1.0, -2.0]])  # the nucleus of mass 0.9 ends inside the tie
+    assert torch.isfinite(sampling_logits(tied, 1.0, 0.9)).tolist() == [[True, True, True, True, False]]
