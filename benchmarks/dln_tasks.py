@@ -99,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
 
     keys = {"model": args.model, **dict(item.split("=", 1) for item in args.set)}
-    model = None if args.report else load_model(args.model)
+    options = {"decode_dtype": keys["decode_dtype"]} if keys.get("decode_dtype") else {}  # as the trainer's
+    model = None if args.report else load_model(args.model, **options)
     rows = []
     for task in args.tasks:
         cells = []

@@ -99,9 +99,11 @@ class PromptTrainer:
         self.task = load_task(config.task, train=config.train, dev=config.dev, test=config.test)
         if len(self.task.train) == 0 or len(self.task.dev) == 0:
             raise DLNError("the train and dev splits must not be empty")
-        self.model = model or load_model(config.model)
+        self.model = model or load_model(config.model, **config.model_options())
         self.backward = backward or (
-            load_model(config.backward_model) if config.backward_model else self.model
+            load_model(config.backward_model, **config.model_options())
+            if config.backward_model
+            else self.model
         )
         self.progress = progress
         self.dev_batch = split_batch(

@@ -12,6 +12,7 @@ from dln.errors import DLNError
 from dln.layers import CLASSIFY_TEMPLATE, HIDDEN_TEMPLATE
 
 METHODS = ("dln1", "dln2", "zero_shot", "icl")
+DECODE_DTYPES = ("bfloat16", "float16", "float32")
 
 PRESETS: dict[str, dict] = {
     "light": {
@@ -57,6 +58,10 @@ class TrainConfig:
     method: str = _help("dln1, dln2, zero_shot (the initial prompt) or icl (k-shot in-context)", "dln1")
     model: str = _help("forward model URI", "hf:default")
     backward_model: str | None = _help("model that proposes prompts (default: the forward model)")
+    decode_dtype: str | None = _help(
+        "hf: models only: dtype of the weight copy that decodes `generate` (prompt proposals, outputs), e.g. "
+        "bfloat16 on a GPU or a CPU with avx512_bf16 or AMX; log-probs (scoring, DLN-2's h) keep the model's"
+    )
     preset: str | None = _help("budget preset: light, medium or heavy (explicit keys win)")
     seed: int = _help("seed of minibatches and proposals (paper: 13, 42, 25)", 42)
     # DLN-1
@@ -101,6 +106,14 @@ class TrainConfig:
     icl_shots: int = _help("icl: examples from the train split put in the prompt", 5)
 
     def __post_init__(self) -> None:
+        if self.decode_dtype is not None:
+            if self.decode_dtype not in DECODE_DTYPES:
+                raise DLNError(
+                    f"decode_dtype must be one of {', '.join(DECODE_DTYPES)}, got {self.decode_dtype!r}"
+                )
+            for uri in filter(None, (self.model, self.backward_model)):
+                if not uri.startswith("hf:"):
+                    raise DLNError(f"decode_dtype applies to hf: models only, not {uri!r}; leave it out")
         if self.select_by not in ("loglik", "accuracy"):
             raise DLNError(f"select_by must be loglik or accuracy, got {self.select_by!r}")
         if self.memory < 0:
@@ -117,6 +130,10 @@ class TrainConfig:
         for name in ("iterations", "icl_shots", "dev_size"):
             if getattr(self, name) < 0:
                 raise DLNError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def model_options(self) -> dict:
+        """Backend options of `load_model` for this run's models."""
+        return {"decode_dtype": self.decode_dtype} if self.decode_dtype else {}
 
 
 def apply_preset(file_values: dict, cli_values: dict) -> dict:

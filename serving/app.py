@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from dln.errors import DLNError
 from dln.lm.base import LanguageModel
+from serving.backends.batcher import model_thread
 from serving.backends.hf_backend import HFBackend
 from serving.config import MAX_BODY_BYTES, ServerConfig
 from serving.errors import install_error_handlers
@@ -172,15 +173,19 @@ def build_app(config: ServerConfig) -> FastAPI:
     return app
 
 
+def _build_on_this_thread(config: ServerConfig) -> FastAPI:
+    if config.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.threads)
+    return build_app(config)
+
+
 def serve(config: ServerConfig) -> None:
     import uvicorn
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if config.threads > 0:
-        import torch
-
-        torch.set_num_threads(config.threads)
-    app = build_app(config)
+    app = model_thread().submit(_build_on_this_thread, config).result()  # see `model_thread`
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)

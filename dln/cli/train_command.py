@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
     task_name = config.task or (user_task_name(config.train) if config.train else "task")
     out = args.out or f"runs/{task_name}-{config.method}-{config.seed}"
-    model = load_model(config.model, cache=False if args.no_cache else args.cache)
+    model = load_model(config.model, cache=False if args.no_cache else args.cache, **config.model_options())
     trainer = PromptTrainer(config, out, model=model, progress=not args.quiet)
     calls = trainer.projected_calls()
     print(

@@ -25,6 +25,22 @@ from dataclasses import dataclass
 
 log = logging.getLogger("serving")
 
+_MODEL_THREAD: ThreadPoolExecutor | None = None
+
+
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread of the process that runs models: `dln serve` loads its models on it
+    (`serving.app.serve`) and every batcher runs its calls on it.
+
+    Why one: OpenMP keeps a team of worker threads per thread that calls into it, and a second team on the
+    same cores is slow: a 16-token greedy decode of the default model took 0.26 s on the thread that loaded
+    the model and 0.50 s on another (2 cores; the first thread's speed drops too once the other has run).
+    """
+    global _MODEL_THREAD
+    if _MODEL_THREAD is None:
+        _MODEL_THREAD = ThreadPoolExecutor(1, thread_name_prefix="dln-model")
+    return _MODEL_THREAD
+
 
 @dataclass
 class QueuedItem:
@@ -58,7 +74,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dln-model")
+        self._executor = model_thread()
         self._task = asyncio.create_task(self._loop(), name="dln-micro-batcher")
 
     async def stop(self) -> None:
@@ -72,8 +88,8 @@ class MicroBatcher:
             item = self._pending.popleft()
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the server is shutting down"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._executor is not None:  # the shared thread stays; wait for the call it may be running
+            await asyncio.get_running_loop().run_in_executor(self._executor, lambda: None)
 
     def stats(self) -> dict:
         return {

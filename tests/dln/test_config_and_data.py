@@ -46,6 +46,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("", {"iterations": "2.5"}, "expected an integer"),
         ("method: dln9\n", {}, "method 'dln9' is unknown"),
         ("batch_size: 0\n", {}, "batch_size must be at least 1"),
+        ("decode_dtype: bf16\n", {}, "decode_dtype must be one of bfloat16"),
+        ("model: openai:m@http://127.0.0.1:1/v1\ndecode_dtype: bfloat16\n", {}, "applies to hf: models only"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, overrides, message):

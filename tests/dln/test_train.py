@@ -6,12 +6,14 @@ import json
 import math
 
 import pytest
+import torch
 
 from dln import DLNError, load_program
 from dln.config import build_config
 from dln.dln1 import Batch
 from dln.dln2 import dln2_step
 from dln.layers import LanguageLayer
+from dln.lm import load_model
 from dln.lm.base import LanguageModel
 from dln.train import PromptTrainer, balanced_minibatch, dev_subset
 from dln.train_config import TrainConfig
@@ -162,3 +164,18 @@ def test_dln2_step_ess_comes_from_the_same_weights_as_its_bounds(hf_model):
     gap = 2 * math.acosh(math.exp(step["iw_bound"] - step["elbo"]))
     p = 1 / (1 + math.exp(-gap))
     assert step["ess"] == pytest.approx(1 / (p**2 + (1 - p) ** 2), abs=1e-6)
+
+
+def test_decode_dtype_gives_the_trainer_a_bf16_decoder_and_keeps_scoring_in_fp32(tmp_path):
+    """`decode_dtype` reaches the backend: proposals decode on a bf16 copy (named in the cache key), while
+    scores come from the fp32 weights, equal to a model opened without it."""
+    config = tiny(decode_dtype="bfloat16", iterations=0)
+    trainer = PromptTrainer(config, str(tmp_path), progress=False)
+    lm = getattr(trainer.model, "inner", trainer.model)
+    assert lm.decoder.dtype == torch.bfloat16 and lm.model.dtype == torch.float32
+    assert trainer.model.uri.endswith("#decode=bfloat16")
+    plain = load_model("hf:default", cache=False)
+    context, continuation = ["The capital of France is"], [" Paris"]
+    assert trainer.model.score(context, continuation)[0] == pytest.approx(
+        plain.score(context, continuation)[0], abs=1e-5
+    )
