@@ -8,7 +8,8 @@ and whether they equal `dln serve`'s (bf16 kernels differ between engines, so th
 
 - `dln`: this checkout, `dln serve --decode-dtype bfloat16 --threads 0` (continuous batching, the default);
 - `vllm`: `.venv-vllm`'s `vllm.entrypoints.openai.api_server` (`make vllm-venv`), `--enforce-eager`;
-- `transformers`: `transformers serve --continuous-batching` from `.venv`, the model preloaded.
+- `transformers`: `transformers serve --continuous-batching` from `.venv`, the model preloaded;
+- `dln-base` (with `--baseline-src DIR`): `dln` run from another checkout (before a change).
 
     python benchmarks/bench_serve_peers.py [--servers dln vllm transformers] [--requests 32] [--max-tokens 16]
     python benchmarks/bench_serve_peers.py --scoring [--servers dln vllm] [--levels 1 8 32]
@@ -35,14 +36,15 @@ from bench_serve import PROMPTS, free_port, load
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def server_command(name: str, port: int, model_dir: str) -> tuple[list[str], dict]:
+def server_command(name: str, port: int, model_dir: str, baseline: str | None) -> tuple[list[str], dict]:
     dtype = "bfloat16" if has_bf16() else "float32"
     where = ["--host", "127.0.0.1", "--port", str(port)]
-    if name == "dln":
+    if name in ("dln", "dln-base"):
         flags = ["--model", "hf:default", "--threads", "0", "--log-level", "warning"]
         if dtype == "bfloat16":
             flags += ["--decode-dtype", dtype]
-        return [sys.executable, "-m", "dln", "serve", *flags, *where], {}
+        env = {"PYTHONPATH": str(Path(baseline).resolve())} if name == "dln-base" else {}
+        return [sys.executable, "-m", "dln", "serve", *flags, *where], env
     if name == "vllm":
         python = str(ROOT / ".venv-vllm" / "bin" / "python")
         flags = ["--model", model_dir, "--served-model-name", "default", "--dtype", dtype]
@@ -65,14 +67,18 @@ def server_command(name: str, port: int, model_dir: str) -> tuple[list[str], dic
 
 
 @contextmanager
-def running(name: str, model_dir: str):
+def running(name: str, model_dir: str, baseline: str | None = None):
     """A peer server on a free loopback port; yields its /v1 URL once /health answers."""
     port = free_port()
-    command, env = server_command(name, port, model_dir)
+    command, env = server_command(name, port, model_dir, baseline)
     log = tempfile.TemporaryFile(mode="w+")
     print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
     process = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **env}
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=baseline if name == "dln-base" else ROOT,
+        env={**os.environ, **env},
     )
     try:
         deadline = time.monotonic() + 600
@@ -136,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--servers", nargs="+", choices=["dln", "vllm", "transformers"])
+    parser.add_argument("--servers", nargs="+", choices=["dln", "dln-base", "vllm", "transformers"])
+    parser.add_argument("--baseline-src", help="a checkout of the code before a change: the dln-base server")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--scoring", action="store_true", help="1-token scoring requests at --levels clients")
@@ -153,7 +160,7 @@ def main() -> None:
     print(f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(flags)}; load {os.getloadavg()[0]:.2f}")
     results = {}
     for name in servers:
-        with running(name, model_dir) as url:
+        with running(name, model_dir, args.baseline_src) as url:
             results[name] = asyncio.run(check(url, args.requests, args.max_tokens))
         r = results[name]
         print(f"  {name}: {r['sequential']:.2f} s / {r['concurrent']:.2f} s", file=sys.stderr, flush=True)
@@ -174,7 +181,7 @@ def scoring(args) -> None:
     model_dir, rows = str(ensure_default_model()), []
     load_args = argparse.Namespace(scoring=True, mixed=False, max_tokens=1)
     for name in args.servers or ["dln", "vllm"]:
-        with running(name, model_dir) as url:
+        with running(name, model_dir, args.baseline_src) as url:
             asyncio.run(load(url, 2, 2, args.time_cap, load_args))  # warm-up
             for clients in args.levels:
                 run = asyncio.run(load(url, clients, args.requests, args.time_cap, load_args))

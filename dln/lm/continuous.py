@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from dln.lm import sampling
-from dln.lm.hf import cache_argument
+from dln.lm.hf import cache_argument, output_cache
 
 
 @dataclass(eq=False)
@@ -121,7 +121,7 @@ class ContinuousDecoder:
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
         )
-        self._merge(getattr(out, "cache", None) or out.past_key_values, mask)
+        self._merge(output_cache(out), mask)
         self.handles += new
         tokens = self._pick(out.logits[:, -1].float(), new)  # (k,)
         self.positions = torch.cat([self.positions, mask.sum(dim=1)])

@@ -75,7 +75,6 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
         self.decoder = self._decoder(decode_dtype)
-        self._cache_argument = cache_argument(self.model)
 
     def _decoder(self, dtype: str | None):
         """The model `generate` decodes with: the model itself, or a copy in `dtype` (named in `uri`)."""
@@ -202,25 +201,18 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             torch.arange(len(rows), device=self.device), lengths - 1
         ]  # (C, H)
         first_logits = self.model.get_output_embeddings()(last_hidden).float()
-        cache = getattr(out, "cache", None) or out.past_key_values
-        return cache, first_logits, lengths, mask  # first_logits: (C, V)
+        return output_cache(out), first_logits, lengths, mask  # first_logits: (C, V)
 
     def _score_continuations(
         self, cache, first_logits, lengths, context_mask, index, rows, density=(1.0, 1.0)
     ) -> list[list[float]]:
         """Feed continuation tokens on top of the cached context rows `index` (one per pair)."""
         cont_ids, cont_mask = self.pad(rows, side="right")  # (P, T)
-        steps = cont_ids.shape[1]
-        positions = lengths[index].unsqueeze(1) + torch.arange(steps, device=self.device)  # (P, T)
-        out = self.model(
-            input_ids=cont_ids,
-            attention_mask=torch.cat([context_mask[index], cont_mask], dim=1),
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_argument: select_cache(cache, index)},
-        )
+        decoder = self.model.get_decoder()
+        hidden, _ = continue_on_cache(decoder, cache, context_mask, lengths, index, cont_ids, cont_mask)
         # token t of the continuation is predicted by the context's last position (t=0) or by token t-1.
-        logits = torch.cat([first_logits[index].unsqueeze(1), out.logits[:, :-1].float()], dim=1)  # (P, T, V)
+        later = self.model.get_output_embeddings()(hidden[:, :-1]).float()
+        logits = torch.cat([first_logits[index].unsqueeze(1), later], dim=1)  # (P, T, V)
         token_logprobs = sampling.token_logprobs(logits, cont_ids, *density).cpu().tolist()  # (P, T)
         return [lp[: len(r)] for lp, r in zip(token_logprobs, rows)]
 
@@ -229,6 +221,30 @@ def cache_argument(module) -> str:
     """The keyword `module.forward` takes its KV cache by: transformers >= 5.24 renamed `past_key_values`
     to `cache`; older releases (vLLM's venv) need the old name."""
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def continue_on_cache(decoder, cache, context_mask, lengths, index, ids, mask):
+    """(hidden states (P, T, H), their cache) of right-padded continuation rows `ids` (P, T) run on the
+    cached contexts: row p on a copy of context `index[p]`'s cache, attending to that context's tokens
+    (`context_mask`, (C, Lc)) and to its own, at positions lengths[index[p]] + t; `cache` stays as it was.
+
+    The one prefix-reuse rule: the `hf:` scorer runs each distinct context once and its continuations on it,
+    the server (`serving.backends.logprobs`) runs a shared prefix once and each row's rest on it.
+    """
+    positions = lengths[index].unsqueeze(1) + torch.arange(ids.shape[1], device=ids.device)  # (P, T)
+    out = decoder(
+        input_ids=ids,
+        attention_mask=torch.cat([context_mask[index], mask], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{cache_argument(decoder): select_cache(cache, index)},
+    )
+    return out.last_hidden_state, output_cache(out)
+
+
+def output_cache(out):
+    """The KV cache of a forward's output (transformers >= 5.24 names it `cache`, older `past_key_values`)."""
+    return getattr(out, "cache", None) or out.past_key_values
 
 
 def select_cache(cache, index: torch.Tensor):

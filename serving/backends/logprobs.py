@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dln.lm.hf import cache_argument, select_cache
+from dln.lm.hf import continue_on_cache, output_cache
 from serving.backends.jobs import TokenLogprobs
 
 #: tokens per forward when computing log-probs; bounds the (rows, T, hidden) activations.
@@ -45,14 +45,44 @@ def token_logprobs(lm, rows: list[list[int]], starts: list[int], top_k: int) -> 
 
 def row_hidden_states(lm, rows: list[list[int]]) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
     """(row indices, each row's last hidden states (len(row), H)) for every row, in chunks within
-    TOKEN_BUDGET; rows sharing a prefix of MIN_SHARED tokens or more run it once (`shared_prefix_groups`)."""
-    groups, alone = shared_prefix_groups(rows)
-    for length, members in groups:
-        yield from _on_shared_prefix(lm, rows, length, members)
-    for chunk in chunks_within_budget([rows[i] for i in alone]):
+    TOKEN_BUDGET. Rows sharing a prefix of MIN_SHARED tokens or more run it once, and those of them that
+    share a longer one run the rest of it once more, and so on (a prefix tree: a few-shot preamble, then
+    each question's context, then its choices)."""
+    yield from _prefix_tree(lm, rows, list(range(len(rows))), 0, None, None)
+
+
+def _prefix_tree(lm, rows, members: list[int], start: int, cache, prefix_hidden):
+    """The hidden states of `members`, whose first `start` tokens (the same for all) are in `cache` (one row;
+    None when `start` is 0) with hidden states `prefix_hidden` (start, H)."""
+    rests = [rows[m][start:] for m in members]
+    groups, alone = shared_prefix_groups(rests)
+    for length, local in groups:
+        ids = torch.tensor([rests[local[0]][:length]], device=lm.device)
+        hidden, grown = _run_after(lm, cache, start, ids, torch.ones_like(ids))
+        whole = hidden[0] if prefix_hidden is None else torch.cat([prefix_hidden, hidden[0]])
+        yield from _prefix_tree(lm, rows, [members[i] for i in local], start + length, grown, whole)
+    alone = [members[i] for i in alone]
+    for chunk in chunks_within_budget([rows[m][start:] for m in alone], start):
         indices = [alone[c] for c in chunk]
-        hidden = last_hidden(lm, [rows[i] for i in indices])  # (B, T, H)
-        yield indices, [hidden[b, : len(rows[i])] for b, i in enumerate(indices)]
+        suffixes = [rows[i][start:] for i in indices]
+        hidden, _ = _run_after(lm, cache, start, *lm.pad(suffixes, side="right"))
+        if prefix_hidden is None:
+            yield indices, [hidden[b, : len(s)] for b, s in enumerate(suffixes)]
+        else:
+            yield indices, [torch.cat([prefix_hidden, hidden[b, : len(s)]]) for b, s in enumerate(suffixes)]
+
+
+def _run_after(lm, cache, start: int, ids: torch.Tensor, mask: torch.Tensor):
+    """(hidden states, cache) of right-padded rows `ids` (B, S) after the `start` tokens in `cache` (one row,
+    copied for each; `dln.lm.hf.continue_on_cache`), or from scratch when `cache` is None."""
+    decoder = lm.model.get_decoder()
+    if cache is None:
+        out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+        return out.last_hidden_state, output_cache(out)
+    context_mask = mask.new_ones((1, start))
+    lengths = torch.tensor([start], device=lm.device)
+    index = torch.zeros(ids.shape[0], dtype=torch.long, device=lm.device)
+    return continue_on_cache(decoder, cache, context_mask, lengths, index, ids, mask)
 
 
 def shared_prefix_groups(rows: list[list[int]]) -> tuple[list[tuple[int, list[int]]], list[int]]:
@@ -90,34 +120,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _on_shared_prefix(lm, rows, length: int, members: list[int]):
-    """The prefix in one forward, then the members' suffixes (right-padded) on copies of its KV cache."""
-    decoder = lm.model.get_decoder()
-    prefix = torch.tensor([rows[members[0]][:length]], device=lm.device)
-    out = decoder(input_ids=prefix, use_cache=True)
-    prefix_hidden, cache = out.last_hidden_state[0], getattr(out, "cache", None) or out.past_key_values
-    width = max(len(rows[m]) - length for m in members)
-    step = max(1, TOKEN_BUDGET // (length + width))
-    for lo in range(0, len(members), step):
-        chunk = members[lo : lo + step]
-        suffixes = [rows[m][length:] for m in chunk]
-        ids, mask = lm.pad(suffixes, side="right")  # (G, S)
-        full_mask = torch.cat([mask.new_ones((len(chunk), length)), mask], dim=1)
-        positions = length + torch.arange(ids.shape[1], device=lm.device).expand(len(chunk), -1)
-        copies = select_cache(cache, torch.zeros(len(chunk), dtype=torch.long, device=lm.device))
-        hidden = decoder(
-            input_ids=ids, attention_mask=full_mask, position_ids=positions, use_cache=True,
-            **{cache_argument(decoder): copies},
-        ).last_hidden_state  # fmt: skip
-        yield chunk, [torch.cat([prefix_hidden, hidden[b, : len(s)]]) for b, s in enumerate(suffixes)]
-
-
-def chunks_within_budget(rows: list[list[int]]) -> list[list[int]]:
-    """Row indices in chunks of similar length (they pad less) whose padded size stays in TOKEN_BUDGET."""
+def chunks_within_budget(rows: list[list[int]], cached: int = 0) -> list[list[int]]:
+    """Row indices in chunks of similar length (they pad less) whose padded size, `cached` tokens of a
+    shared prefix included, stays in TOKEN_BUDGET."""
     order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
     chunks: list[list[int]] = []
     for r in order:
-        if chunks and (len(chunks[-1]) + 1) * len(rows[r]) <= TOKEN_BUDGET:
+        if chunks and (len(chunks[-1]) + 1) * (cached + len(rows[r])) <= TOKEN_BUDGET:
             chunks[-1].append(r)
         else:
             chunks.append([r])

@@ -73,3 +73,32 @@ def test_the_hidden_states_of_the_shared_path_are_the_full_forwards(hf_model, ro
             alone = logprobs.last_hidden(hf_model, [rows[i]])[0]
             assert h.shape == alone.shape
             np.testing.assert_allclose(h.float().numpy(), alone.float().numpy(), atol=2e-3)
+
+
+PREAMBLE = "Answer each question about animals with the name of the animal, and nothing else at all.\n"
+QUESTIONS = [
+    "Question: which animal that lives in the sea is a mammal and breathes air through a blowhole?\nAnswer:",
+    "Question: which large striped cat lives in the forests of India and hunts deer at night?\nAnswer:",
+]
+
+
+def test_nested_prefixes_run_each_level_once_and_score_as_each_row_alone(hf_model):
+    """A shared preamble, then each question's context, then its choices: the preamble runs once, each
+    context once on its cache, each question's choices once on the context's; log-probs as each row alone."""
+    rows = [
+        hf_model.encode_prompt(PREAMBLE + q) + hf_model.encode_continuation(c)
+        for q in QUESTIONS
+        for c in (" the dolphin", " the tiger")
+    ]
+    preamble = hf_model.encode_prompt(PREAMBLE)
+    assert len(preamble) >= MIN_SHARED and all(row[: len(preamble)] == preamble for row in rows)
+    calls = []
+    handle = hf_model.model.get_decoder().register_forward_hook(lambda *_: calls.append(1))
+    try:
+        nested = token_logprobs(hf_model, rows, [0] * len(rows), top_k=0)
+    finally:
+        handle.remove()
+    assert len(calls) == 5  # preamble, two contexts, two questions' choices
+    for row, got in zip(rows, nested, strict=True):
+        alone = logprobs.row_logprobs(hf_model.model, logprobs.last_hidden(hf_model, [row])[0], row, 0, 0)
+        np.testing.assert_allclose(got.logprobs[1:], alone.logprobs[1:], atol=1e-4)
