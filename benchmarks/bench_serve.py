@@ -163,27 +163,38 @@ def server(
         "warning",
         *flags,
     ]
-    log = tempfile.TemporaryFile(mode="w+")
     env = {**os.environ, "PYTHONPATH": os.path.abspath(src)} if src else None
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=src, env=env)
+    with started(name, command, port, cwd=src, env=env) as process:
+        yield f"http://127.0.0.1:{port}/v1", process.pid
+
+
+@contextmanager
+def started(name: str, command: list[str], port: int, cwd=None, env=None, timeout: float = 600):
+    """A server subprocess, yielded once its /health on loopback `port` answers 200; its log is shown if it
+    exits first. Terminated (killed after 60 s) on leaving."""
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"the {name} server exited:\n{log.read()}")
+                raise RuntimeError(f"the {name} server exited:\n{log.read()[-4000:]}")
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the {name} server did not start within 300 s")
+                raise RuntimeError(f"the {name} server did not start within {timeout:.0f} s")
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", process.pid
+        yield process
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
         log.close()
 
 

@@ -22,16 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 from bench_decode import cpu, has_bf16
-from bench_serve import PROMPTS, free_port, load
+from bench_serve import PROMPTS, free_port, load, started
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,37 +68,10 @@ def running(name: str, model_dir: str, baseline: str | None = None):
     """A peer server on a free loopback port; yields its /v1 URL once /health answers."""
     port = free_port()
     command, env = server_command(name, port, model_dir, baseline)
-    log = tempfile.TemporaryFile(mode="w+")
     print(f"{name}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=baseline if name == "dln-base" else ROOT,
-        env={**os.environ, **env},
-    )
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the {name} server exited:\n{log.read()[-4000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the {name} server did not start within 600 s")
-            time.sleep(1)
+    cwd = baseline if name == "dln-base" else ROOT
+    with started(name, command, port, cwd=cwd, env={**os.environ, **env}):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 async def complete(client, model: str, index: int, max_tokens: int) -> str | None:
