@@ -187,5 +187,8 @@ def serve(config: ServerConfig) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = model_thread().submit(_build_on_this_thread, config).result()  # see `model_thread`
+    if config.model.startswith("vllm:"):  # vLLM's engine runs in its own processes, from the main thread
+        app = _build_on_this_thread(config)
+    else:  # the HF engine: loaded on the thread that will run it (`model_thread`)
+        app = model_thread().submit(_build_on_this_thread, config).result()
     uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level)
