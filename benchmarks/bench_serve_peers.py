@@ -9,7 +9,7 @@ and whether they equal `dln serve`'s (bf16 kernels differ between engines, so th
 - `dln`: this checkout, `dln serve --decode-dtype bfloat16 --threads 0` (continuous batching, the default);
 - `vllm`: `.venv-vllm`'s `vllm.entrypoints.openai.api_server` (`make vllm-venv`), `--enforce-eager`;
 - `transformers`: `transformers serve --continuous-batching` from `.venv`, the model preloaded;
-- `dln-base` (with `--baseline-src DIR`): `dln` run from another checkout (before a change).
+- `dln-base` (with `--baseline-src DIR`): `dln serve` run from another checkout (before a change), fp32.
 
     python benchmarks/bench_serve_peers.py [--servers dln vllm transformers] [--requests 32] [--max-tokens 16]
     python benchmarks/bench_serve_peers.py --scoring [--servers dln vllm] [--levels 1 8 32]
@@ -38,7 +38,7 @@ def server_command(name: str, port: int, model_dir: str, baseline: str | None) -
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if name in ("dln", "dln-base"):
         flags = ["--model", "hf:default", "--threads", "0", "--log-level", "warning"]
-        if dtype == "bfloat16":
+        if dtype == "bfloat16" and name == "dln":  # an older checkout may lack the option
             flags += ["--decode-dtype", dtype]
         env = {"PYTHONPATH": str(Path(baseline).resolve())} if name == "dln-base" else {}
         return [sys.executable, "-m", "dln", "serve", *flags, *where], env
