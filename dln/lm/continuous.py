@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from dln.lm import sampling
-from dln.lm.hf import cache_argument, output_cache
+from dln.lm.kv import cache_argument, output_cache
 
 
 @dataclass(eq=False)

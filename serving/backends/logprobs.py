@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-from dln.lm.hf import continue_on_cache, output_cache
+from dln.lm.kv import continue_on_cache, output_cache
 from serving.backends.jobs import TokenLogprobs
 
 #: tokens per forward when computing log-probs; bounds the (rows, T, hidden) activations.
@@ -74,7 +74,7 @@ def _prefix_tree(lm, rows, members: list[int], start: int, cache, prefix_hidden)
 
 def _run_after(lm, cache, start: int, ids: torch.Tensor, mask: torch.Tensor):
     """(hidden states, cache) of right-padded rows `ids` (B, S) after the `start` tokens in `cache` (one row,
-    copied for each; `dln.lm.hf.continue_on_cache`), or from scratch when `cache` is None."""
+    copied for each; `dln.lm.kv.continue_on_cache`), or from scratch when `cache` is None."""
     decoder = lm.model.get_decoder()
     if cache is None:
         out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
