@@ -99,8 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     keys = {"model": args.model, **dict(item.split("=", 1) for item in args.set)}
-    options = {"decode_dtype": keys["decode_dtype"]} if keys.get("decode_dtype") else {}  # as the trainer's
-    model = None if args.report else load_model(args.model, **options)
+    model = None if args.report else load_model(args.model, **build_config(TrainConfig, keys).model_options())
     rows = []
     for task in args.tasks:
         cells = []

@@ -59,17 +59,19 @@ def _prefix_tree(lm, rows, members: list[int], start: int, cache, prefix_hidden)
     for length, local in groups:
         ids = torch.tensor([rests[local[0]][:length]], device=lm.device)
         hidden, grown = _run_after(lm, cache, start, ids, torch.ones_like(ids))
-        whole = hidden[0] if prefix_hidden is None else torch.cat([prefix_hidden, hidden[0]])
+        whole = _joined(prefix_hidden, hidden[0])
         yield from _prefix_tree(lm, rows, [members[i] for i in local], start + length, grown, whole)
     alone = [members[i] for i in alone]
     for chunk in chunks_within_budget([rows[m][start:] for m in alone], start):
         indices = [alone[c] for c in chunk]
         suffixes = [rows[i][start:] for i in indices]
         hidden, _ = _run_after(lm, cache, start, *lm.pad(suffixes, side="right"))
-        if prefix_hidden is None:
-            yield indices, [hidden[b, : len(s)] for b, s in enumerate(suffixes)]
-        else:
-            yield indices, [torch.cat([prefix_hidden, hidden[b, : len(s)]]) for b, s in enumerate(suffixes)]
+        yield indices, [_joined(prefix_hidden, hidden[b, : len(s)]) for b, s in enumerate(suffixes)]
+
+
+def _joined(prefix_hidden: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
+    """A row's hidden states: its cached prefix's (None at the root), then its own."""
+    return hidden if prefix_hidden is None else torch.cat([prefix_hidden, hidden])
 
 
 def _run_after(lm, cache, start: int, ids: torch.Tensor, mask: torch.Tensor):
@@ -131,11 +133,6 @@ def chunks_within_budget(rows: list[list[int]], cached: int = 0) -> list[list[in
         else:
             chunks.append([r])
     return chunks
-
-
-def last_hidden(lm, rows: list[list[int]]) -> torch.Tensor:
-    ids, mask = lm.pad(rows, side="right")
-    return lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
 def row_logprobs(model, hidden: torch.Tensor, ids: list[int], start: int, top_k: int) -> TokenLogprobs:

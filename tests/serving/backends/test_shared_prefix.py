@@ -13,6 +13,13 @@ import torch
 from serving.backends import logprobs
 from serving.backends.logprobs import MIN_SHARED, row_hidden_states, shared_prefix_groups, token_logprobs
 
+
+def full_forward_hidden(lm, rows: list[list[int]]) -> torch.Tensor:
+    """The reference: every row's hidden states from one plain forward over the whole row, no cache."""
+    ids, mask = lm.pad(rows, side="right")
+    return lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
 CONTEXT = (
     "Question: which of these animals is a mammal, the one that swims in the sea and breathes air?\nAnswer:"
 )
@@ -55,7 +62,7 @@ def test_shared_prefix_rows_score_as_each_row_alone(hf_model, rows):
         handle.remove()
     assert len(calls) == 3  # the shared context, the four continuations on its cache, the other row
     for row, start, got in zip(rows, [0, 0, 5, 0, 0], shared, strict=True):
-        hidden = logprobs.last_hidden(hf_model, [row])[0]
+        hidden = full_forward_hidden(hf_model, [row])[0]
         alone = logprobs.row_logprobs(hf_model.model, hidden, row, start, 3)
         assert got.token_ids == alone.token_ids == row[start:]
         np.testing.assert_allclose(
@@ -70,7 +77,7 @@ def test_shared_prefix_rows_score_as_each_row_alone(hf_model, rows):
 def test_the_hidden_states_of_the_shared_path_are_the_full_forwards(hf_model, rows):
     for chunk, hidden in row_hidden_states(hf_model, rows):
         for i, h in zip(chunk, hidden, strict=True):
-            alone = logprobs.last_hidden(hf_model, [rows[i]])[0]
+            alone = full_forward_hidden(hf_model, [rows[i]])[0]
             assert h.shape == alone.shape
             np.testing.assert_allclose(h.float().numpy(), alone.float().numpy(), atol=2e-3)
 
@@ -100,5 +107,5 @@ def test_nested_prefixes_run_each_level_once_and_score_as_each_row_alone(hf_mode
         handle.remove()
     assert len(calls) == 5  # preamble, two contexts, two questions' choices
     for row, got in zip(rows, nested, strict=True):
-        alone = logprobs.row_logprobs(hf_model.model, logprobs.last_hidden(hf_model, [row])[0], row, 0, 0)
+        alone = logprobs.row_logprobs(hf_model.model, full_forward_hidden(hf_model, [row])[0], row, 0, 0)
         np.testing.assert_allclose(got.logprobs[1:], alone.logprobs[1:], atol=1e-4)
