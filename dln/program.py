@@ -26,6 +26,8 @@ class Program:
     Attributes:
         labels: the default label set (None: free-text answers, generated greedily).
         hidden_max_tokens: length cap of DLN-2's hidden text at inference.
+        model_options: `load_model` options the program was trained with (dtype, decode_dtype): a bf16
+            model answers differently from the fp32 one, so a loaded program reopens the one it learned on.
     """
 
     model_uri: str
@@ -34,6 +36,7 @@ class Program:
     hidden: LanguageLayer | None = None
     hidden_max_tokens: int = 64
     metadata: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
     _model: LanguageModel | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -50,7 +53,7 @@ class Program:
         if self._model is None:
             from dln.lm import load_model
 
-            self._model = load_model(self.model_uri)
+            self._model = load_model(self.model_uri, **self.model_options)
         return self._model
 
     def hidden_states(self, inputs: Sequence[str]) -> list[str] | None:
@@ -93,6 +96,7 @@ class Program:
             "labels": self.labels,
             "layers": {"hidden": asdict(self.hidden) if self.hidden else None, "output": asdict(self.output)},
             "hidden_max_tokens": self.hidden_max_tokens,
+            "model_options": self.model_options,
             "metadata": self.metadata,
         }
 
@@ -111,6 +115,7 @@ class Program:
                 hidden=hidden,
                 hidden_max_tokens=int(data.get("hidden_max_tokens", 64)),
                 metadata=data.get("metadata", {}),
+                model_options=dict(data.get("model_options") or {}),
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise DLNError(

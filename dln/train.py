@@ -125,6 +125,7 @@ class PromptTrainer:
         )
         return Program(
             model_uri=config.model,
+            model_options=config.model_options(),
             output=LanguageLayer(prompts["output"], config.template),
             labels=self.task.labels,
             hidden=hidden,

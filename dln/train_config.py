@@ -12,7 +12,7 @@ from dln.errors import DLNError
 from dln.layers import CLASSIFY_TEMPLATE, HIDDEN_TEMPLATE
 
 METHODS = ("dln1", "dln2", "zero_shot", "icl")
-DECODE_DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("bfloat16", "float16", "float32")
 
 PRESETS: dict[str, dict] = {
     "light": {
@@ -62,6 +62,11 @@ class TrainConfig:
         "hf: models only: dtype of the weight copy that decodes `generate` (prompt proposals, outputs), e.g. "
         "bfloat16 on a GPU or a CPU with avx512_bf16 or AMX; log-probs (scoring, DLN-2's h) keep the model's"
     )
+    dtype: str | None = _help(
+        "hf: models only: dtype of the model's own weights, so of every score, DLN-2's samples and decoding "
+        "(e.g. bfloat16: scoring ~2x faster on a CPU with avx512_bf16 or AMX); a bf16 model is another model "
+        "than the fp32 one, so compare methods at the same dtype"
+    )
     preset: str | None = _help("budget preset: light, medium or heavy (explicit keys win)")
     seed: int = _help("seed of minibatches and proposals (paper: 13, 42, 25)", 42)
     # DLN-1
@@ -106,14 +111,8 @@ class TrainConfig:
     icl_shots: int = _help("icl: examples from the train split put in the prompt", 5)
 
     def __post_init__(self) -> None:
-        if self.decode_dtype is not None:
-            if self.decode_dtype not in DECODE_DTYPES:
-                raise DLNError(
-                    f"decode_dtype must be one of {', '.join(DECODE_DTYPES)}, got {self.decode_dtype!r}"
-                )
-            for uri in filter(None, (self.model, self.backward_model)):
-                if not uri.startswith("hf:"):
-                    raise DLNError(f"decode_dtype applies to hf: models only, not {uri!r}; leave it out")
+        for key in ("dtype", "decode_dtype"):
+            self._check_dtype(key)
         if self.select_by not in ("loglik", "accuracy"):
             raise DLNError(f"select_by must be loglik or accuracy, got {self.select_by!r}")
         if self.memory < 0:
@@ -131,9 +130,20 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise DLNError(f"{name} must be >= 0, got {getattr(self, name)}")
 
+    def _check_dtype(self, key: str) -> None:
+        value = getattr(self, key)
+        if value is None:
+            return
+        if value not in DTYPES:
+            raise DLNError(f"{key} must be one of {', '.join(DTYPES)}, got {value!r}")
+        for uri in filter(None, (self.model, self.backward_model)):
+            if not uri.startswith("hf:"):
+                raise DLNError(f"{key} applies to hf: models only, not {uri!r}; leave it out")
+
     def model_options(self) -> dict:
         """Backend options of `load_model` for this run's models."""
-        return {"decode_dtype": self.decode_dtype} if self.decode_dtype else {}
+        keys = ("dtype", "decode_dtype")
+        return {key: getattr(self, key) for key in keys if getattr(self, key)}
 
 
 def apply_preset(file_values: dict, cli_values: dict) -> dict:

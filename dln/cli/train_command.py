@@ -106,7 +106,8 @@ def run_eval(args: argparse.Namespace, overrides: list[str]) -> None:
     run = Path(args.run)
     config = build_config(TrainConfig, read_yaml(run / "config.yaml"), source=str(run / "config.yaml"))
     program = load_program(run / "program.json")
-    program.bind(load_model(program.model_uri, cache=False if args.no_cache else args.cache))
+    cache = False if args.no_cache else args.cache
+    program.bind(load_model(program.model_uri, cache=cache, **program.model_options))
     task = load_task(config.task, train=config.train, dev=config.dev, test=config.test)
     split = read_split(args.data) if args.data else task.split(args.split)
     if args.limit:

@@ -36,7 +36,8 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
     Args:
         name: `default`, a local model directory, or a model already in the local Hugging Face cache.
         device: "cpu", "cuda", ...; default: cuda when available.
-        dtype: torch dtype name; default: bfloat16 on GPU, float32 on CPU.
+        dtype: torch dtype name of the model's weights (every score and sample); default: bfloat16 on GPU,
+            float32 on CPU. Another dtype is named in `uri` (`#dtype=`), so cached scores never mix.
         batch_size: prompts per generate call and contexts per scoring forward.
         pair_batch_size: (context, continuation) pairs per continuation forward.
         model: an already loaded model to wrap (trainers pass their policy), with `tokenizer`.
@@ -71,10 +72,23 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             path = resolve_model_path(name)
             self.uri = f"hf:{path}{adapter_version(path)}"
             self.tokenizer, self.model = load_causal_lm(path, self.device, dtype)
+            self._name_own_dtype(dtype)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
         self.decoder = self._decoder(decode_dtype)
+
+    def _name_own_dtype(self, dtype: str | None) -> None:
+        """A model loaded in another dtype than the device's default is another model: its scores get their
+        own cache keys (`#dtype=` in `uri`), and a half-precision CPU model its weights packed for oneDNN."""
+        default = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if dtype is None or getattr(torch, dtype) == default:
+            return
+        self.uri += f"#dtype={dtype}"
+        if self.device.type == "cpu":
+            from dln.lm.packed import pack_linears
+
+            pack_linears(self.model)  # inference only: trainers pass their own `model`
 
     def _decoder(self, dtype: str | None):
         """The model `generate` decodes with: the model itself, or a copy in `dtype` (named in `uri`)."""

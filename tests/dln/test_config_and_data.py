@@ -48,6 +48,8 @@ def test_yaml_and_overrides_are_typed(tmp_path):
         ("batch_size: 0\n", {}, "batch_size must be at least 1"),
         ("decode_dtype: bf16\n", {}, "decode_dtype must be one of bfloat16"),
         ("model: openai:m@http://127.0.0.1:1/v1\ndecode_dtype: bfloat16\n", {}, "applies to hf: models only"),
+        ("dtype: half\n", {}, "dtype must be one of bfloat16, float16, float32, got 'half'"),
+        ("model: openai:m@http://127.0.0.1:1/v1\ndtype: bfloat16\n", {}, "dtype applies to hf: models only"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, overrides, message):

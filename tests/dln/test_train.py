@@ -179,3 +179,15 @@ def test_decode_dtype_gives_the_trainer_a_bf16_decoder_and_keeps_scoring_in_fp32
     assert trainer.model.score(context, continuation)[0] == pytest.approx(
         plain.score(context, continuation)[0], abs=1e-5
     )
+
+
+def test_a_program_trained_in_bf16_reopens_its_bf16_model(tmp_path):
+    """`dtype` reaches the backend, is named in its cache key, and is saved in program.json: a loaded
+    program answers with the model it was trained on, not with the fp32 one."""
+    trainer = PromptTrainer(tiny(dtype="bfloat16", iterations=0), str(tmp_path), progress=False)
+    assert trainer.model.uri.endswith("#dtype=bfloat16")
+    trainer.fit()
+    program = load_program(tmp_path / "program.json")
+    assert program.model_options == {"dtype": "bfloat16"}
+    lm = getattr(program.model, "inner", program.model)
+    assert lm.model.dtype == torch.bfloat16

@@ -213,3 +213,27 @@ def test_sample_densities_stay_exact_under_bf16_decoding(hf_model, bf16_decoding
     got = bf16_decoding.sample(["Once upon a time"], **kwargs)
     assert [s.token_ids for s in got[0]] == [s.token_ids for s in want[0]]
     np.testing.assert_allclose([s.logprob for s in got[0]], [s.logprob for s in want[0]], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bf16_model():
+    from dln.lm import load_model
+
+    return load_model("hf:default", cache=False, dtype="bfloat16")
+
+
+def test_a_bf16_model_is_named_in_the_uri_and_scores_in_bf16(hf_model, bf16_model):
+    assert bf16_model.uri == hf_model.uri + "#dtype=bfloat16"  # its scores never hit the fp32 cache entries
+    assert bf16_model.model.dtype == torch.bfloat16 and bf16_model.decoder is bf16_model.model
+    context, continuation = ["The capital of France is"], [" Paris, a city"]
+    bf16_score = bf16_model.score(context, continuation)[0]
+    fp32_score = hf_model.score(context, continuation)[0]
+    assert bf16_score != fp32_score and bf16_score == pytest.approx(fp32_score, abs=0.5)
+
+
+def test_bf16_model_samples_carry_the_bf16_density_of_their_ids(bf16_model):
+    """DLN-2 under `dtype: bfloat16`: log q of a sample is the bf16 model's own density of the drawn ids."""
+    prompt = "Once upon a time"
+    for s in bf16_model.sample([prompt], n=2, temperature=1.0, max_tokens=10, seed=4)[0]:
+        rescored = sum(bf16_model.score_ids([prompt], [s.token_ids])[0])
+        assert s.logprob == pytest.approx(rescored, abs=0.15)  # bf16 rounding of cached vs full forward
