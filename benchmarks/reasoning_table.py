@@ -31,7 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
-RECIPE = ["vsft-gml-mix", "vsft-acc-mix", "vsft-gml-weighted", "vsft-acc-weighted"]
+RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["rft@sft", "grpo@sft", "star@sft"]
@@ -49,6 +49,8 @@ LABELS = {
     "vsft-acc-mix": "recipe, Acc, mix",
     "vsft-gml-weighted": "recipe, GML, weighted",
     "vsft-acc-weighted": "recipe, Acc, weighted",
+    "vsft-gml-paired": "recipe, GML, paired",
+    "vsft-acc-paired": "recipe, Acc, paired",
     "rft@sft": "RFT after SFT",
     "grpo@sft": "GRPO after SFT",
     "star@sft": "STaR after SFT",

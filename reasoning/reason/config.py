@@ -92,7 +92,8 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     )
     final_data: str = _help(
         "variational_sft: the final π's data: mix (gold + each question's top-ρ trace) | weighted (gold + "
-        "each question's traces with self-normalised weights ρ_k / Σ_j ρ_j)",
+        "each question's traces with self-normalised weights ρ_k / Σ_j ρ_j) | paired (mix grouped by "
+        "question: its gold and its top-ρ trace in one row, so π sees every gold row SFT sees)",
         "mix",
     )
     acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)
@@ -132,7 +133,7 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         choices = {
             "rho_estimator": RHO_ESTIMATORS,
             "rho_ratio": ("normalized", "exact"),
-            "final_data": ("mix", "weighted"),
+            "final_data": ("mix", "weighted", "paired"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

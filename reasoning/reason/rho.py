@@ -19,6 +19,9 @@ log q is scored under the distribution the traces were sampled from (temperature
 ρ = 0 (acc: no correct continuation) is never chosen. The final data (`final_data`):
     mix          every gold trace, plus each question's top-ρ trace (the paper's "mix" data)
     weighted     every gold trace, plus each question's traces with w̃_k = ρ_k / Σ_j ρ_j (weighted SFT)
+    paired       the mix data grouped by question: one row holds a question's gold trace and its top-ρ
+                 trace (weight 1 each), so at a fixed number of updates the final π sees exactly the gold
+                 rows SFT sees, plus q's trace of each (mix spends half the updates' rows on q's traces)
 """
 
 from __future__ import annotations
@@ -132,14 +135,16 @@ def final_rows(
         terms: per question, `score_traces`'s terms of each trace.
         config: `rho_estimator`, `rho_ratio`, `final_data`.
     """
-    data = [r for r in rows if r["trace"]]
+    paired = config.final_data == "paired"
+    data = [] if paired else [r for r in rows if r["trace"]]
     kept, ess, lengths = 0, [], []
     for r, group, group_terms in zip(rows, texts, terms):
         log_w = torch.tensor(
             [log_rho(t, config.rho_estimator, config.rho_ratio) for t in group_terms], dtype=torch.float64
         )
         if not torch.isfinite(log_w).any():
-            continue  # every ρ_k = 0: nothing to learn from this question
+            data += [r] if paired and r["trace"] else []  # every ρ_k = 0: only the gold trace, if any
+            continue
         kept += 1
         weights = torch.softmax(log_w, 0)  # ρ_k / Σ_j ρ_j
         ess.append(1.0 / (weights**2).sum().item())
@@ -148,6 +153,8 @@ def final_rows(
         row = {"question": r["question"], "answer": r["answer"], "trace": group[best]}
         if config.final_data == "weighted":
             row.update(traces=list(group), weights=weights.tolist())
+        elif paired and r["trace"]:
+            row.update(trace=r["trace"], traces=[r["trace"], group[best]], weights=[1.0, 1.0])
         data.append(row)
     stats = {
         "questions": len(rows),

@@ -79,7 +79,7 @@ def test_log_rho_of_every_estimator_and_ratio(scored, estimator, ratio):
             assert log_rho(term, estimator, ratio) == pytest.approx(log_y + log_r, abs=1e-9)
 
 
-def test_final_data_mix_and_weighted(scored):
+def test_final_data_mix_weighted_and_paired(scored):
     policy, terms = scored
     rho = [[math.exp(log_rho(t, "acc", "exact")) for t in group] for group in terms]
     assert rho[0][1] == 0.0  # no correct continuation: never chosen
@@ -98,6 +98,20 @@ def test_final_data_mix_and_weighted(scored):
         assert row["weights"] == pytest.approx([x / sum(r) for x in r], abs=1e-12)
     w = [x / sum(rho[1]) for x in rho[1]]
     assert stats["ess"] == pytest.approx((1.0 + 1.0 / sum(v * v for v in w)) / 2)  # question 0: ESS 1
+    paired, _ = final_rows(
+        ROWS, TRACES, terms, recipe_config(rho_estimator="acc", rho_ratio="exact", final_data="paired")
+    )
+    # one row per question, in the questions' order: the gold question holds its gold and its top-ρ trace
+    # (the same rows SFT draws from, so the same questions at the same seed), the answer-only one its top-ρ
+    assert [(r["question"], r.get("traces", [r["trace"]]), r.get("weights")) for r in paired] == [
+        (ROWS[0]["question"], [ROWS[0]["trace"], best[0]], [1.0, 1.0]),
+        (ROWS[1]["question"], [best[1]], None),
+    ]
+    hopeless = [[{**t, "acc": 0.0} for t in terms[0]], terms[1]]  # no trace of question 0 reaches its answer
+    paired, stats = final_rows(
+        ROWS, TRACES, hopeless, recipe_config(rho_estimator="acc", rho_ratio="exact", final_data="paired")
+    )
+    assert paired[0] == ROWS[0] and stats["with_trace"] == 1  # its gold trace alone, never dropped
 
 
 # -- the online variational step (`objectives.Variational`) on the fake ----------------------------------
