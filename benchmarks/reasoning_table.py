@@ -119,6 +119,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
             "stages": {k: v["seconds"] for k, v in stages.items()},
             "prior_accuracy": stages["prior"]["eval"]["accuracy"],
             "q_accuracy_with_hint": stages["traces"]["q_accuracy_with_hint"],
+            "q_trace_reaches_answer": stages["traces"].get("q_trace_reaches_answer"),
             "trace_len": stages["traces"]["trace_len"],
             "weights": stages["weights"],
             "data": stages[summary["final"]]["data"],
@@ -146,6 +147,10 @@ def _cell(values: list[float]) -> str:
     return f"{mean:.1f}" + (f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     regime = "full gold" if args.gold_count < 0 else f"{args.gold_count} gold traces, answers for the rest"
     lines = [
@@ -167,8 +172,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     if recipe:
         lines += [
             "",
-            "| recipe run | seed | π_θ0 acc % | q acc with hint % | trace tokens | ESS of K | questions "
-            "with a trace | stage seconds (prior, posterior, traces, weights, final) | sampling s |",
+            "| recipe run | seed | π_θ0 acc % | q acc with hint % (its trace reaches y %) | trace tokens | "
+            "ESS of K | questions with a trace (chosen trace reaches y %) | stage seconds (prior, posterior, "
+            "traces, weights, final) | sampling s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in recipe:
@@ -176,8 +182,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             sampling = r["stages"].get("traces", 0) + (r["weights"].get("sampling_seconds") or 0)
             lines.append(
                 f"| {LABELS[r['method']]} | {r['seed']} | {100 * r['prior_accuracy']:.1f} | "
-                f"{100 * r['q_accuracy_with_hint']:.1f} | {r['trace_len']:.1f} | {r['data']['ess']:.2f} | "
-                f"{r['data']['with_trace']}/{r['data']['questions']} | "
+                f"{100 * r['q_accuracy_with_hint']:.1f} ({_percent(r.get('q_trace_reaches_answer'))}) | "
+                f"{r['trace_len']:.1f} | {r['data']['ess']:.2f} | {r['data']['with_trace']}/"
+                f"{r['data']['questions']} ({_percent(r['data'].get('chosen_reaches_answer'))}) | "
                 f"{', '.join(f'{v:.0f}' for v in stages[:4] + stages[-1:])} | {sampling:.0f} |"
             )
     return "\n".join(lines)

@@ -148,8 +148,18 @@ class VariationalSFT:
             atomic_write_json(path, records)
         records = self._read("traces")
         flags = [f for r in records for f in r["q_correct"]]
+        # q copies `Answer: y` from its hint: whether the trace itself ends at y is the faithful measure
+        reach = [
+            is_correct(t, r["answer"], strict=False)
+            for r, rec in zip(self.rows, records)
+            for t in rec["texts"]
+        ]
         lengths = [len(z) for r in records for z in r["traces"]]
-        return {"q_accuracy_with_hint": sum(flags) / len(flags), "trace_len": sum(lengths) / len(lengths)}
+        return {
+            "q_accuracy_with_hint": sum(flags) / len(flags),
+            "q_trace_reaches_answer": sum(reach) / len(reach),
+            "trace_len": sum(lengths) / len(lengths),
+        }
 
     def weights(self) -> dict:
         """The terms of ρ of every trace (`rho.score_traces`); acc's continuations are the sampling here."""

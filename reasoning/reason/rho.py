@@ -137,7 +137,7 @@ def final_rows(
     """
     paired = config.final_data == "paired"
     data = [] if paired else [r for r in rows if r["trace"]]
-    kept, ess, lengths = 0, [], []
+    kept, ess, lengths, reach = 0, [], [], 0
     for r, group, group_terms in zip(rows, texts, terms):
         log_w = torch.tensor(
             [log_rho(t, config.rho_estimator, config.rho_ratio) for t in group_terms], dtype=torch.float64
@@ -150,6 +150,7 @@ def final_rows(
         ess.append(1.0 / (weights**2).sum().item())
         best = int(weights.argmax())
         lengths.append(group_terms[best]["z_len"])
+        reach += is_correct(group[best], r["answer"], strict=False)  # the trace's own last number is y
         row = {"question": r["question"], "answer": r["answer"], "trace": group[best]}
         if config.final_data == "weighted":
             row.update(traces=list(group), weights=weights.tolist())
@@ -162,5 +163,6 @@ def final_rows(
         "with_trace": kept,
         "ess": sum(ess) / len(ess) if ess else 0.0,
         "chosen_trace_len": sum(lengths) / len(lengths) if lengths else 0.0,
+        "chosen_reaches_answer": reach / kept if kept else 0.0,
     }
     return data, stats

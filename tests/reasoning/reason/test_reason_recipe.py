@@ -12,6 +12,7 @@ import pytest
 from dln.errors import DLNError
 from reasoning.reason.config import ReasonConfig
 from reasoning.reason.recipe import VariationalSFT
+from reasoning.reason.tasks import is_correct
 from reasoning.reason.trainer import ReasonTrainer
 
 pytestmark = pytest.mark.slow
@@ -47,6 +48,9 @@ def test_recipe_stages_are_cached_and_a_rerun_skips_the_finished_ones(tmp_path, 
     q_rows = data["rows"][1:]  # after the one gold row: one top-ρ trace per question
     assert len(q_rows) == data["stats"]["with_trace"] == 3
     assert all(row["trace"] in group for row, group in zip(q_rows, texts))
+    answers = [r["answer"] for r in VariationalSFT(config, tmp_path).rows]
+    reached = [is_correct(t, a, strict=False) for a, group in zip(answers, texts) for t in group]
+    assert done["stages"]["traces"]["q_trace_reaches_answer"] == sum(reached) / len(reached)
 
     fitted.clear()
     other = replace(config, rho_estimator="likelihood", rho_ratio="exact", final_data="weighted")

@@ -112,6 +112,9 @@ def test_final_data_mix_weighted_and_paired(scored):
         ROWS, TRACES, hopeless, recipe_config(rho_estimator="acc", rho_ratio="exact", final_data="paired")
     )
     assert paired[0] == ROWS[0] and stats["with_trace"] == 1  # its gold trace alone, never dropped
+    slipped = [["3 + 4 = 8", TRACES[0][1]], TRACES[1]]  # the top-ρ trace of question 0 ends at 8, not 7
+    _, stats = final_rows(ROWS, slipped, terms, recipe_config(rho_estimator="acc", rho_ratio="exact"))
+    assert stats["chosen_reaches_answer"] == 0.5
 
 
 # -- the online variational step (`objectives.Variational`) on the fake ----------------------------------
