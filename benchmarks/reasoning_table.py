@@ -69,7 +69,7 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
         steps=args.steps, batch_size=args.batch_size, eval_size=args.eval_size, lr=args.lr, seed=seed,
         max_new_tokens=args.max_new_tokens, posterior_warmup_steps=args.warmup, progress=False,
         task=args.task, n_train=args.n_train, n_test=max(args.eval_size, 1), gold_count=args.gold_count,
-        bf16=args.bf16,
+        bf16=args.bf16, temperature=args.temperature,
     )  # fmt: skip
     if objective not in ("elbo", "sft"):
         budget["k"] = args.k
@@ -155,7 +155,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     regime = "full gold" if args.gold_count < 0 else f"{args.gold_count} gold traces, answers for the rest"
     lines = [
         f"Task {args.task}, {args.n_train} training questions ({regime}); {args.steps} π updates x "
-        f"{args.batch_size} questions, K={args.k}, lr {args.lr}, max {args.max_new_tokens} new tokens; "
+        f"{args.batch_size} questions, K={args.k}, T={args.temperature}, lr {args.lr}, max "
+        f"{args.max_new_tokens} new tokens; "
         f"held-out: first {args.eval_size} test questions, greedy; seeds {args.seeds}.",
         "",
         "| method | accuracy % (strict) | accuracy % (last number) | train s (all stages) |",
@@ -212,6 +213,9 @@ def main() -> None:
     parser.add_argument("--ratio", default="normalized", help="recipe: normalized | exact")
     parser.add_argument(
         "--warmup", type=int, default=6, help="q warm-up updates of the online variational runs"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (the recipe: of q_φ's traces)"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
