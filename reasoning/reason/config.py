@@ -93,7 +93,7 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     final_data: str = _help(
         "variational_sft: the final π's data: mix (gold + each question's top-ρ trace) | weighted (gold + "
         "each question's traces with self-normalised weights ρ_k / Σ_j ρ_j) | paired (mix grouped by "
-        "question: its gold and its top-ρ trace in one row, so π sees every gold row SFT sees)",
+        "question: its gold and its top-ρ trace in one row; with full gold π sees every gold row SFT sees)",
         "mix",
     )
     acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)

@@ -20,8 +20,9 @@ log q is scored under the distribution the traces were sampled from (temperature
     mix          every gold trace, plus each question's top-ρ trace (the paper's "mix" data)
     weighted     every gold trace, plus each question's traces with w̃_k = ρ_k / Σ_j ρ_j (weighted SFT)
     paired       the mix data grouped by question: one row holds a question's gold trace and its top-ρ
-                 trace (weight 1 each), so at a fixed number of updates the final π sees exactly the gold
-                 rows SFT sees, plus q's trace of each (mix spends half the updates' rows on q's traces)
+                 trace (weight 1 each), so with full gold and a fixed number of updates the final π sees
+                 exactly the gold rows SFT sees, plus q's trace of each (mix spends about half of the
+                 updates' rows on q's traces)
 """
 
 from __future__ import annotations
