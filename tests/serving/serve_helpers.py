@@ -18,7 +18,10 @@ def running_server(app) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    # A long keep-alive: with uvicorn's 5 s default, a loaded machine can close an idle pooled connection
+    # just as the client reuses it ("connection reset by peer"), a race of the test set-up, not the server.
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_keep_alive=600)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
