@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_decode import cpu, has_bf16
+from dln.lm.hardware import cpu, native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def command(job: str, out: str, args, new: bool) -> list[str]:
     dln = [sys.executable, "-m", "dln"]
     if job in ("dln1", "dln2"):
         flags = ["--config", f"configs/{job}/sentiment.yaml", "--preset", "light", "--iterations", "1"]
-        extra = ["--decode_dtype", "bfloat16"] if new and has_bf16() else []
+        extra = ["--decode_dtype", "bfloat16"] if new and native_bf16() else []
         return [*dln, "train", *flags, "--no-cache", "--quiet", "--out", out, *extra]
     flags = [
         "--config",

@@ -26,26 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from dln.lm.hardware import cpu, native_bf16
+
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SUBJECTS = ["the sea", "a small town", "winter", "a lost key", "the first train", "an old library", "bread"]
 PROMPTS = [f"Write a long story about {s}. Once upon a time," for s in SUBJECTS * 5]
 MODES = {"greedy": (0.0, 1.0, None), "seeded": (1.0, 1.0, 0), "nucleus": (1.0, 0.9, 0)}  # T, top-p, seed
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
-
-
-def cpu() -> tuple[str, list[str]]:
-    model, flags = "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    return model, [f for f in FLAGS if f in flags]
-
-
-def has_bf16() -> bool:
-    return bool({"avx512_bf16", "amx_bf16"} & set(cpu()[1]))
 
 
 def peak_gflops(dtype_name: str, threads: int, size: int = 1024, seconds: float = 2.0) -> float:
@@ -123,7 +110,7 @@ def vllm_worker(args) -> dict:
 
 
 def run_engine(name: str, args) -> dict:
-    bf16 = "bfloat16" if has_bf16() else None
+    bf16 = "bfloat16" if native_bf16() else None
     python, extra = sys.executable, []
     env = None
     if name == "hf-before":
@@ -144,7 +131,7 @@ def run_engine(name: str, args) -> dict:
 def report(args) -> None:
     model, flags = cpu()
     print(f"CPU: {model}, {os.cpu_count()} cores, flags: {' '.join(flags)}; load {os.getloadavg()[0]:.2f}")
-    for dtype in ["float32"] + (["bfloat16"] if has_bf16() else []):
+    for dtype in ["float32"] + (["bfloat16"] if native_bf16() else []):
         print(
             f"peak matmul {dtype}: "
             + ", ".join(f"{peak_gflops(dtype, t):.0f} GFLOP/s on {t} thread(s)" for t in (1, os.cpu_count()))

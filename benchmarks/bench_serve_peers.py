@@ -27,14 +27,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench_decode import cpu, has_bf16
 from bench_serve import PROMPTS, free_port, load, started
+
+from dln.lm.hardware import cpu, native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def server_command(name: str, port: int, model_dir: str, baseline: str | None) -> tuple[list[str], dict]:
-    dtype = "bfloat16" if has_bf16() else "float32"
+    dtype = "bfloat16" if native_bf16() else "float32"
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if name in ("dln", "dln-base"):
         flags = ["--model", "hf:default", "--threads", "0", "--log-level", "warning"]

@@ -31,6 +31,8 @@ import statistics
 import time
 from pathlib import Path
 
+from dln.lm.hardware import native_bf16
+
 RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
@@ -220,7 +222,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--eval-size", type=int, default=200, help="held-out questions")
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: where the CPU runs bf16 natively, dln.lm.hardware)",
+    )
     parser.add_argument(
         "--sft-from-recipe",
         action=argparse.BooleanOptionalAction,
@@ -233,6 +240,8 @@ def main() -> None:
     parser.add_argument("--configs", default="configs/reason")
     parser.add_argument("--out", default="runs/reason-bench")
     args = parser.parse_args()
+    if args.bf16 is None:
+        args.bf16 = native_bf16()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"

@@ -26,6 +26,7 @@ import torch
 from dln.errors import DLNError
 from dln.lm import sampling, tokens
 from dln.lm.base import LanguageModel, Prompt, SamplingOptions, ScoredSample, truncate_at_stop
+from dln.lm.hardware import warn_if_emulated_bf16
 from dln.lm.kv import continue_on_cache, output_cache
 from dln.lm.paths import adapter_version, load_tokenizer, resolve_model_path
 
@@ -86,6 +87,8 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
             return
         self.uri += f"#dtype={dtype}"
         if self.device.type == "cpu":
+            if dtype == "bfloat16":
+                warn_if_emulated_bf16("cpu", "dtype=bfloat16")
             from dln.lm.packed import pack_linears
 
             pack_linears(self.model)  # inference only: trainers pass their own `model`
@@ -99,6 +102,8 @@ class HFLanguageModel(tokens.TokenizedPrompts, LanguageModel):
         from dln.lm.packed import pack_linears
 
         self.uri += f"#decode={dtype}"
+        if self.device.type == "cpu" and dtype == "bfloat16":
+            warn_if_emulated_bf16("cpu", "decode_dtype=bfloat16")
         decoder = copy.deepcopy(self.model).to(getattr(torch, dtype)).eval()
         pack_linears(decoder)  # bf16 on CPU: weights laid out once for oneDNN, bit-identical outputs
         return decoder

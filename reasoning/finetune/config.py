@@ -38,14 +38,24 @@ class PolicyConfig(SeedConfig):
     lora_alpha: int = _help("LoRA alpha (scale alpha / r)", 32)
     lora_dropout: float = _help("dropout on the LoRA input", 0.0)
     target_modules: str = _help("modules LoRA wraps: `all-linear` or a comma-separated list", "all-linear")
-    bf16: bool = _help(
-        "bf16 autocast for sampling, scoring and training (1.6x faster on CPUs with avx512_bf16; GPUs)", False
+    bf16: bool | str = _help(
+        "bf16 autocast for sampling, scoring and training: true, false, or auto (where bf16 runs natively: "
+        "GPUs and CPUs with avx512_bf16 or AMX, 1.6x faster there; about 10x slower on CPUs without)",
+        False,
     )
     device: str = _help("torch device; empty: cuda when available, else cpu", "")
 
     def __post_init__(self) -> None:
         if self.lora_rank < 1:
             raise DLNError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if isinstance(self.bf16, str) and self.bf16 != "auto":
+            raise DLNError(f"bf16 must be true, false or auto, got {self.bf16!r}")
+
+    def bf16_on(self, device) -> bool:
+        """Whether to autocast in bf16 on `device`; `auto`: where bf16 runs natively (`dln.lm.hardware`)."""
+        from dln.lm.hardware import native_bf16
+
+        return native_bf16(str(device)) if self.bf16 == "auto" else bool(self.bf16)
 
 
 @dataclass

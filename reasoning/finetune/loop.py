@@ -63,7 +63,7 @@ class TrainLoop:
         self.run_dir = Path(run_dir)
         self.rundir = RunDir(run_dir)
         self.accelerator = Accelerator(
-            mixed_precision="bf16" if policy.config.bf16 else "no", cpu=policy.device.type == "cpu"
+            mixed_precision="bf16" if policy.bf16 else "no", cpu=policy.device.type == "cpu"
         )
         set_seed(config.seed)
         self.params = policy.named_adapter_parameters(adapter_names)

@@ -27,6 +27,7 @@ import torch
 
 from dln.errors import DLNError
 from dln.lm import sampling, tokens
+from dln.lm.hardware import warn_if_emulated_bf16
 from reasoning.finetune import adapters as adapter_io
 from reasoning.finetune.adapters import lora_config
 from reasoning.finetune.config import PolicyConfig
@@ -50,6 +51,9 @@ class Policy:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.adapters = tuple(adapters)
         self.device = next(model.parameters()).device
+        self.bf16 = config.bf16_on(self.device)  # resolved once: `auto` becomes true or false here
+        if config.bf16 is True and self.device.type == "cpu":
+            warn_if_emulated_bf16("cpu", "bf16: true")
 
     @classmethod
     def load(cls, config: PolicyConfig, adapters: Sequence[str] = ("policy",)) -> Policy:
@@ -115,7 +119,7 @@ class Policy:
         return list(self.named_adapter_parameters([name]).values())
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     # -- tokens ---------------------------------------------------------------------------------------
     def encode_prompts(self, texts: Sequence[str], chat: bool = True) -> list[list[int]]:

@@ -69,7 +69,7 @@ def _grpo_args(config: ReasonConfig, run_dir: Path):
         top_p=config.top_p,
         beta=0.0,
         seed=config.seed,
-        bf16=config.bf16,
+        bf16=config.bf16_on("cuda" if torch.cuda.is_available() else "cpu"),
         use_cpu=not torch.cuda.is_available(),
         gradient_checkpointing=False,  # a 135M model fits; checkpointing only slows a CPU down
         logging_steps=1,

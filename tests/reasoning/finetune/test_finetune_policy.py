@@ -50,3 +50,26 @@ def test_save_writes_a_peft_adapter_that_names_its_base_by_model_name(policy, tm
     assert config["base_model_name_or_path"] == "default"
     assert json.loads((out / "dln_adapter.json").read_text())["note"] == "test"
     assert not (tmp_path / "adapter.tmp").exists()
+
+
+@pytest.mark.parametrize(("flags", "native"), [(("avx2",), False), (("avx512_bf16",), True)])
+def test_bf16_auto_autocasts_only_where_bf16_is_native(policy, monkeypatch, flags, native):
+    from dln.lm import hardware
+
+    monkeypatch.setattr(hardware, "cpu", lambda: ("test cpu", flags))
+    auto = Policy(policy.model, policy.tokenizer, PolicyConfig(bf16="auto"), policy.adapters)
+    assert auto.bf16 is native
+    with auto.autocast():
+        assert torch.is_autocast_enabled("cpu") is native
+    assert Policy(policy.model, policy.tokenizer, PolicyConfig(bf16=False), policy.adapters).bf16 is False
+
+
+def test_bf16_takes_true_false_or_auto_from_a_config():
+    from dln.config import build_config
+    from dln.errors import DLNError
+
+    assert build_config(PolicyConfig, {"bf16": "auto"}).bf16 == "auto"
+    assert build_config(PolicyConfig, {"bf16": "yes"}).bf16 is True
+    assert build_config(PolicyConfig, {"bf16": False}).bf16 is False
+    with pytest.raises(DLNError, match="true, false or auto"):
+        build_config(PolicyConfig, {"bf16": "fast"})
