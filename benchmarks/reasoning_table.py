@@ -9,7 +9,7 @@ run directory per seed (the first four stages run once).
 
 `rft@sft`, `grpo@sft`, `star@sft` start π from the SFT run of the same seed (`init_policy`) and give it
 `--steps` more updates: the recipe's budget (π_θ0's updates, then the final π's), for the usual practice of
-RL or STaR after SFT.
+RL or STaR after SFT, at `--warm-lr` (RL after SFT usually runs at a lower rate than SFT).
 
 Regimes: `--gold-count -1` (full gold: every training question has its gold trace) or `--gold-count N`
 (semi-supervised: gold traces for the first N questions, answers only for the rest; SFT and the warm-ups
@@ -77,6 +77,7 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
         budget["k"] = args.k
     if warm:  # `run_method` trains the SFT run first and gives its adapter
         budget["init_policy"] = init_policy
+        budget["lr"] = args.lr if args.warm_lr is None else args.warm_lr
     if objective == "variational_sft":
         _, estimator, data = method.split("-")
         budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
@@ -220,6 +221,13 @@ def main() -> None:
         "--temperature", type=float, default=1.0, help="sampling temperature (the recipe: of q_φ's traces)"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--warm-lr",
+        type=float,
+        default=None,
+        help="learning rate of the @sft methods (default: --lr); AdamW's first steps at the SFT rate can "
+        "undo the SFT adapter",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--eval-size", type=int, default=200, help="held-out questions")
     parser.add_argument(
