@@ -34,6 +34,7 @@ from pathlib import Path
 from dln.lm.hardware import native_bf16
 
 RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
+RECIPE += [f"vsft-{e}-mix-checked" for e in ("gml", "acc")]  # check_working: no trace with a wrong equation
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["rft@sft", "grpo@sft", "star@sft"]
@@ -53,6 +54,8 @@ LABELS = {
     "vsft-acc-weighted": "recipe, Acc, weighted",
     "vsft-gml-paired": "recipe, GML, paired",
     "vsft-acc-paired": "recipe, Acc, paired",
+    "vsft-gml-mix-checked": "recipe, GML, mix, working checked",
+    "vsft-acc-mix-checked": "recipe, Acc, mix, working checked",
     "rft@sft": "RFT after SFT",
     "grpo@sft": "GRPO after SFT",
     "star@sft": "STaR after SFT",
@@ -79,8 +82,9 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
         budget["init_policy"] = init_policy
         budget["lr"] = args.lr if args.warm_lr is None else args.warm_lr
     if objective == "variational_sft":
-        _, estimator, data = method.split("-")
+        _, estimator, data, *checked = method.split("-")
         budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
+        budget["check_working"] = bool(checked)
     return load_config(ReasonConfig, Path(args.configs) / f"{objective}.yaml", budget)
 
 

@@ -16,7 +16,7 @@ OBJECTIVES = ("sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward
 VARIATIONAL = ("elbo", "iwae", "forward_kl")
 RHO_ESTIMATORS = ("gml", "acc", "likelihood")
 # keys of the offline recipe's last stage only: runs on one directory that differ in them share the others
-FINAL_STAGE_KEYS = ("rho_estimator", "rho_ratio", "final_data")
+FINAL_STAGE_KEYS = ("rho_estimator", "rho_ratio", "final_data", "check_working")
 # the posterior's update of each variational objective when posterior_loss is `auto`
 AUTO_POSTERIOR = {"elbo": "reverse_kl", "iwae": "reverse_kl", "forward_kl": "forward_kl"}
 
@@ -97,6 +97,11 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         "mix",
     )
     acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)
+    check_working: bool = _help(
+        "variational_sft: ρ = 0 for a q-trace with a wrong equation `a op b = c` in its working (q, told the "
+        "answer, writes wrong steps that land on it; `reasoning.reason.working`)",
+        False,
+    )
     # evaluation
     eval_size: int = _help(
         "held-out questions scored (greedy, strict `Answer: N`) after training; 0: none", 100

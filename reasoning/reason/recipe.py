@@ -41,7 +41,9 @@ class VariationalSFT:
         self.rows = answer_only(list(task_of(config).train), config.gold_count)
         self.stages_file = self.run_dir / "stages.json"
         c = config
-        self.final_name = f"final-{c.rho_estimator}-{c.rho_ratio}-{c.final_data}"
+        self.final_name = f"final-{c.rho_estimator}-{c.rho_ratio}-{c.final_data}" + (
+            "-checked" if c.check_working else ""
+        )
         self._policy = None
 
     def stages(self) -> dict:

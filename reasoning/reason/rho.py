@@ -16,7 +16,8 @@ log r_k (`rho_ratio`):
                  densities, but it keeps long traces from dominating)
 
 log q is scored under the distribution the traces were sampled from (temperature, top_p). A trace with
-ρ = 0 (acc: no correct continuation) is never chosen. The final data (`final_data`):
+ρ = 0 (acc: no correct continuation; `check_working`: a wrong equation in its working) is never chosen.
+The final data (`final_data`):
     mix          every gold trace, plus each question's top-ρ trace (the paper's "mix" data)
     weighted     every gold trace, plus each question's traces with w̃_k = ρ_k / Σ_j ρ_j (weighted SFT)
     paired       the mix data grouped by question: one row holds a question's gold trace and its top-ρ
@@ -33,6 +34,7 @@ import time
 import torch
 
 from reasoning.reason.tasks import answer_suffix, is_correct, policy_prompt, posterior_prompt
+from reasoning.reason.working import working_is_right
 
 ACC_MAX_NEW_TOKENS = 16  # the acc estimator's continuations: `Answer: N` and a little slack
 SCORE_BATCH = 16  # sequences per scoring pass
@@ -134,15 +136,19 @@ def final_rows(
         rows: the training questions (trace "" when a question has no gold trace).
         texts: per question, its K traces as text.
         terms: per question, `score_traces`'s terms of each trace.
-        config: `rho_estimator`, `rho_ratio`, `final_data`.
+        config: `rho_estimator`, `rho_ratio`, `final_data`, `check_working`.
     """
     paired = config.final_data == "paired"
     data = [] if paired else [r for r in rows if r["trace"]]
-    kept, ess, lengths, reach = 0, [], [], 0
+    kept, ess, lengths, reach, wrong = 0, [], [], 0, 0
     for r, group, group_terms in zip(rows, texts, terms):
         log_w = torch.tensor(
             [log_rho(t, config.rho_estimator, config.rho_ratio) for t in group_terms], dtype=torch.float64
         )
+        if config.check_working:  # a trace with a wrong equation gets ρ = 0
+            bad = torch.tensor([working_is_right(text) is False for text in group])
+            wrong += int(bad.sum())
+            log_w = log_w.masked_fill(bad, -math.inf)
         if not torch.isfinite(log_w).any():
             data += [r] if paired and r["trace"] else []  # every ρ_k = 0: only the gold trace, if any
             continue
@@ -165,5 +171,6 @@ def final_rows(
         "ess": sum(ess) / len(ess) if ess else 0.0,
         "chosen_trace_len": sum(lengths) / len(lengths) if lengths else 0.0,
         "chosen_reaches_answer": reach / kept if kept else 0.0,
+        "wrong_working": wrong,  # traces given ρ = 0 by check_working
     }
     return data, stats

@@ -117,6 +117,25 @@ def test_final_data_mix_weighted_and_paired(scored):
     assert stats["chosen_reaches_answer"] == 0.5
 
 
+def test_check_working_never_chooses_a_trace_with_a_wrong_equation(scored):
+    _, terms = scored
+    config = dict(rho_estimator="gml", rho_ratio="exact")
+    rho = [[log_rho(t, "gml", "exact") for t in group] for group in terms]
+    best = [max(range(2), key=lambda k: r[k]) for r in rho]
+    wrong = "9 - 4 = 6\n6 - 1 = 5"  # lands on the answer 5 through a wrong step
+    texts = [list(TRACES[0]), list(TRACES[1])]
+    texts[1][best[1]] = wrong
+    plain, stats = final_rows(ROWS, texts, terms, recipe_config(**config))
+    assert plain[-1]["trace"] == wrong and stats["wrong_working"] == 0  # ρ alone prefers it
+    checked, stats = final_rows(ROWS, texts, terms, recipe_config(**config, check_working=True))
+    assert checked[-1]["trace"] == TRACES[1][1 - best[1]] and stats["wrong_working"] == 1
+    both_wrong = [["3 + 4 = 8\n8 - 1 = 7", "2 + 5 = 6\n6 + 1 = 7"], texts[1]]
+    checked, stats = final_rows(ROWS, both_wrong, terms, recipe_config(**config, check_working=True))
+    # question 0 keeps its gold trace and gets no q-trace
+    assert [r["trace"] for r in checked] == [ROWS[0]["trace"], TRACES[1][1 - best[1]]]
+    assert stats["with_trace"] == 1 and stats["wrong_working"] == 3
+
+
 # -- the online variational step (`objectives.Variational`) on the fake ----------------------------------
 
 
