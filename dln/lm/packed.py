@@ -14,6 +14,7 @@ layer keeps its own copy of the weight, which training would leave stale.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -21,9 +22,18 @@ import torch
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this torch build has oneDNN's linear with pre-laid-out weights (CPU builds with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Whether oneDNN's linear with pre-laid-out bf16 weights runs here: a torch built with mkldnn, on a
+    CPU with the instructions its bf16 path needs (avx512bw/vl/dq or avx_ne_convert; an AVX2-only CPU
+    refuses the reorder)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(8, 8, dtype=torch.bfloat16))
+    except RuntimeError:
+        return False
+    return True
 
 
 class PackedLinear(torch.nn.Module):
@@ -48,10 +58,11 @@ class PackedLinear(torch.nn.Module):
 def pack_linears(model: torch.nn.Module) -> int:
     """Replace every bf16 `nn.Linear` of a CPU model in place by a `PackedLinear`; the number replaced.
 
-    A model elsewhere, in another dtype, or on a torch without the op is left as it is (0).
+    A model elsewhere, in another dtype, or where the op does not run (`packing_available`) is left as it
+    is (0).
     """
     if not packing_available():
-        log.info("this torch has no oneDNN weight packing; bf16 decoding uses plain F.linear")
+        log.info("no oneDNN bf16 weight packing on this torch or CPU; bf16 decoding uses plain F.linear")
         return 0
     targets = [
         (name, module)

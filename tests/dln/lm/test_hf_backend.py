@@ -236,4 +236,6 @@ def test_bf16_model_samples_carry_the_bf16_density_of_their_ids(bf16_model):
     prompt = "Once upon a time"
     for s in bf16_model.sample([prompt], n=2, temperature=1.0, max_tokens=10, seed=4)[0]:
         rescored = sum(bf16_model.score_ids([prompt], [s.token_ids])[0])
-        assert s.logprob == pytest.approx(rescored, abs=0.15)  # bf16 rounding of cached vs full forward
+        # bf16 rounds the cached decode and the full forward apart: up to 0.15 nats on 10 tokens with packed
+        # oneDNN weights, 0.21 with plain F.linear (a CPU without avx512); a wrong density is nats off
+        assert s.logprob == pytest.approx(rescored, abs=0.03 * len(s.token_ids))
