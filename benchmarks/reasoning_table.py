@@ -38,6 +38,10 @@ RECIPE += [f"vsft-{e}-mix-checked" for e in ("gml", "acc")]  # check_working: no
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["rft@sft", "grpo@sft", "star@sft"]
+#: `<baseline>-checked`: the on-policy baselines with the recipe's verifier (`check_working`: reward 0 for a
+#: sample with a wrong equation), so a checked recipe row has a checked baseline to beat
+CHECKED = [f"{m}-checked" for m in ("rft", "grpo", "star")]
+CHECKED += [f"{m}-checked@sft" for m in ("rft", "grpo", "star")]
 LABELS = {
     "base": "base model",
     "sft": "SFT (gold traces)",
@@ -60,6 +64,7 @@ LABELS = {
     "grpo@sft": "GRPO after SFT",
     "star@sft": "STaR after SFT",
 }
+LABELS.update({m: LABELS[m.replace("-checked", "")] + ", working checked" for m in CHECKED})
 
 
 def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str = ""):
@@ -67,6 +72,8 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
     from reasoning.reason.config import ReasonConfig
 
     method, warm = method.removesuffix("@sft"), method.endswith("@sft")
+    checked = not method.startswith("vsft-") and method.endswith("-checked")
+    method = method.removesuffix("-checked") if checked else method
     if warm and not init_policy:
         raise ValueError(f"{method}@sft needs the SFT run's adapter (init_policy)")
     objective = "variational_sft" if method.startswith("vsft-") else ("sft" if method == "base" else method)
@@ -78,6 +85,8 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
     )  # fmt: skip
     if objective not in ("elbo", "sft"):
         budget["k"] = args.k
+    if checked:
+        budget["check_working"] = True
     if warm:  # `run_method` trains the SFT run first and gives its adapter
         budget["init_policy"] = init_policy
         budget["lr"] = args.lr if args.warm_lr is None else args.warm_lr
@@ -205,7 +214,10 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help="comma-separated subset of " + ",".join(METHODS + WARM) + " (@sft: π starts from the SFT run)",
+        help="comma-separated subset of "
+        + ",".join(METHODS + WARM + CHECKED)
+        + " (@sft: π starts from the SFT run; -checked: reward 0 for a wrong equation, the recipe's "
+        "check_working)",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--task", default="word_chain", help="chain | word_chain")
@@ -270,8 +282,8 @@ def main() -> None:
         args.seeds = ",".join(map(str, seeds)) or "none finished by every method"
     for seed in seeds:
         for method in methods:
-            if method not in METHODS + WARM:
-                parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS + WARM)}")
+            if method not in METHODS + WARM + CHECKED:
+                parser.error(f"unknown method {method!r}; choose from {', '.join(METHODS + WARM + CHECKED)}")
             if args.report and (method, seed) not in done:
                 continue
             if (method, seed) not in done:

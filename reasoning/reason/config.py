@@ -99,7 +99,8 @@ class ReasonConfig(LoopConfig, PolicyConfig):
     acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)
     check_working: bool = _help(
         "variational_sft: ρ = 0 for a q-trace with a wrong equation `a op b = c` in its working (q, told the "
-        "answer, writes wrong steps that land on it; `reasoning.reason.working`)",
+        "answer, writes wrong steps that land on it); rft, grpo, grpo_trl, star: reward 0 for such a sample, "
+        "the same verifier for the baselines (`reasoning.reason.working`)",
         False,
     )
     # evaluation

@@ -1,6 +1,6 @@
 """GRPO with TRL's `GRPOTrainer` (objective `grpo_trl`), on the budget of the in-loop objectives.
 
-The same task, prompt (`reasoning.reason.tasks.policy_prompt`), reward (`tasks.is_correct`: 1 for a correct
+The same task, prompt (`reasoning.reason.tasks.policy_prompt`), reward (`working.reward`: 1 for a correct
 `Answer: N`, else 0), LoRA adapter and budget as `objective: grpo` in `reasoning.reason.trainer`: `steps`
 updates of `batch_size` questions with K = `k` completions each (TRL's per-device batch counts completions,
 so it is batch_size * k), no reference KL (beta = 0). TRL owns the loop: its sampler, its Accelerate
@@ -21,16 +21,23 @@ from dln.atomic import atomic_write_json
 from dln.errors import DLNError
 from dln.rundir import RunDir
 from reasoning.reason.config import ReasonConfig
-from reasoning.reason.tasks import is_correct, policy_prompt, task_of
+from reasoning.reason.tasks import policy_prompt, task_of
+from reasoning.reason.working import reward
 
 # TRL log keys -> the names the in-loop objectives log
 RENAMED = {"reward": "accuracy", "completions/mean_length": "trace_len", "reward_std": "reward_std"}
 
 
-def correctness_reward(completions, answer, **_) -> list[float]:
-    """TRL reward function: 1.0 when a completion's `Answer: N` equals the row's answer."""
+def correctness_reward(completions, answer, check_working: bool = False, **_) -> list[float]:
+    """TRL reward function: 1.0 when a completion's `Answer: N` equals the row's answer (and, with
+    `check_working`, no equation of its working is wrong: `reasoning.reason.working.reward`)."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [float(is_correct(text, gold)) for text, gold in zip(texts, answer)]
+    return [float(reward(text, gold, check_working)) for text, gold in zip(texts, answer)]
+
+
+def checked_correctness_reward(completions, answer, **_) -> list[float]:
+    """`correctness_reward` with `check_working` (TRL names a reward after its function)."""
+    return correctness_reward(completions, answer, check_working=True)
 
 
 def _metrics_callback(rundir: RunDir):
@@ -105,7 +112,7 @@ def train_grpo_trl(config: ReasonConfig, run_dir: str | Path) -> dict:
     c = config
     trainer = GRPOTrainer(
         model=resolve_model_path(config.model),
-        reward_funcs=correctness_reward,
+        reward_funcs=checked_correctness_reward if c.check_working else correctness_reward,
         args=_grpo_args(config, run_dir),
         train_dataset=datasets.Dataset.from_list(rows),
         peft_config=lora_config(c.lora_rank, c.lora_alpha, c.lora_dropout, c.target_modules, "CAUSAL_LM"),

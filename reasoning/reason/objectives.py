@@ -6,7 +6,8 @@ the losses themselves live in `reasoning.reason.losses`.
 
     PosteriorWarmup  -log q(z*, y | x, y) on a few gold traces, q's adapter only
     SFT              -log π(z*, y | x) on the gold traces z* (weighted traces: -Σ_k c_k log π(z_k, y | x))
-    OnPolicy         K completions o_k ~ π(· | x); c_k = is_correct(o_k); RFT / GRPO weights on log π(o_k | x)
+    OnPolicy         K completions o_k ~ π(· | x); c_k = reward(o_k) (right answer; `check_working`: and no
+                     wrong equation); RFT / GRPO weights on log π(o_k | x)
     STaR             RFT, and where no sample is correct, K rationalisations o_k ~ π(· | x, y) (the answer
                      as a hint) kept when they reach y and trained as log π(o_k | x), without the hint
     Variational      K traces z_k ~ q(· | x, y); θ: ELBO or multi-trace bound; φ: reverse or forward KL
@@ -37,6 +38,7 @@ from reasoning.reason.tasks import (
     policy_prompt,
     posterior_prompt,
 )
+from reasoning.reason.working import reward
 
 if TYPE_CHECKING:
     from reasoning.reason.trainer import ReasonTrainer
@@ -121,8 +123,10 @@ class OnPolicy(Objective):
         return samples, correct, {"accuracy": correct.mean().item()}
 
     def correctness(self, rows: list[dict], samples: list[list[list[int]]]) -> torch.Tensor:
+        """(B, K) rewards c_bk: the answer is right and, with `check_working`, no equation is wrong."""
+        check, decode = self.config.check_working, self.policy.decode
         return torch.tensor(
-            [[is_correct(self.policy.decode(ids), r["answer"]) for ids in g] for r, g in zip(rows, samples)],
+            [[reward(decode(ids), r["answer"], check) for ids in g] for r, g in zip(rows, samples)],
             dtype=torch.float64,
         )  # (B, K)
 

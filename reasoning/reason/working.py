@@ -2,9 +2,10 @@
 
 Why: q_φ(z | x, y) is told the answer, and on the default model it often writes wrong steps that land on
 it ("14 - 2 = 11 ... = 7"). Such a trace ends at y, so the acc estimator and "reaches the answer" keep it,
-and the final π learns wrong arithmetic from it. `check_working` (variational_sft) gives those traces
-ρ = 0. It is a verifier of arithmetic working (the chain and word_chain traces, GSM8K's `<<a*b=c>>`
-annotations), not a general one: a trace without equations is left as it is.
+and the final π learns wrong arithmetic from it. `check_working` gives those traces ρ = 0
+(variational_sft), and, so that the baselines get the same verifier, reward 0 to such a sample of RFT,
+GRPO and STaR (`reward`). It is a verifier of arithmetic working (the chain and word_chain traces, GSM8K's
+`<<a*b=c>>` annotations), not a general one: a trace without equations is left as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import ast
 import operator
 import re
+
+from reasoning.reason.tasks import is_correct
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _EQUATION = re.compile(rf"((?:{_NUM}\s*[-+*/×x]\s*)+{_NUM})\s*=\s*({_NUM})")
@@ -47,3 +50,9 @@ def working_is_right(text: str) -> bool | None:
         if abs(value - float(result)) > 1e-6:
             return False
     return True
+
+
+def reward(text: str, answer: str, check_working: bool = False) -> bool:
+    """The on-policy objectives' reward: the strict answer is y, and (`check_working`) no equation of the
+    working is wrong; r = 1[answer(text) = y] · 1[no wrong equation]."""
+    return is_correct(text, answer) and not (check_working and working_is_right(text) is False)

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import torch
 
+from reasoning.reason.completions import CompletionIds
+
 VOCAB = 128
 EOS = 0
 ANSWER = 1  # the one token whose text contains "Answer" (`CompletionIds.answer_token_ids`)
@@ -95,3 +97,22 @@ class FakePolicy:
             [self.tokenizer.encode(text) + [EOS] for text in self.script(self.decode(p), n)]
             for p in prompt_ids
         ]
+
+
+class FakeTrainer:
+    """The surface of `ReasonTrainer` an objective's step uses: fixed rows, seed 0, the fake's log-probs."""
+
+    def __init__(self, config, policy, rows):
+        self.config, self.policy, self._rows = config, policy, rows
+        self.ids = CompletionIds(policy.tokenizer)
+        self.continuation, self.cut_trace = self.ids.continuation, self.ids.cut_trace
+
+    def rows(self, micro, pool=None):
+        return self._rows
+
+    def sample_seed(self, micro):
+        return 0
+
+    def logprob(self, prompts, completions):
+        self.scored_prompts = [self.policy.decode(p) for p in prompts]
+        return self.policy.logprobs(prompts, completions)

@@ -13,7 +13,7 @@ from reasoning.reason.completions import CompletionIds
 from reasoning.reason.config import ReasonConfig
 from reasoning.reason.rho import final_rows, log_rho, score_traces
 from reasoning.reason.tasks import answer_suffix
-from tests.reasoning.reason.fakes import EOS, FakePolicy
+from tests.reasoning.reason.fakes import EOS, FakePolicy, FakeTrainer
 
 ROWS = [
     {"question": "Start at 3, add 4.", "answer": "7", "trace": "3 + 4 = 7"},  # gold
@@ -137,23 +137,6 @@ def test_check_working_never_chooses_a_trace_with_a_wrong_equation(scored):
 
 
 # -- the online variational step (`objectives.Variational`) on the fake ----------------------------------
-
-
-class FakeTrainer:
-    def __init__(self, config, policy, rows):
-        self.config, self.policy, self._rows = config, policy, rows
-        self.ids = CompletionIds(policy.tokenizer)
-        self.continuation, self.cut_trace = self.ids.continuation, self.ids.cut_trace
-
-    def rows(self, micro, pool=None):
-        return self._rows
-
-    def sample_seed(self, micro):
-        return 0
-
-    def logprob(self, prompts, completions):
-        self.scored_prompts = [self.policy.decode(p) for p in prompts]
-        return self.policy.logprobs(prompts, completions)
 
 
 def hinted_traces(prompt: str, n: int) -> list[str]:

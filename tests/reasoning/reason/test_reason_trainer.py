@@ -172,9 +172,12 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
 def test_grpo_with_trl_grpotrainer_saves_a_loadable_adapter(tmp_path):
     """grpo_trl: TRL's GRPOTrainer, same reward and budget; its adapter loads as hf:<run>/policy."""
     from dln.lm import load_model
-    from reasoning.reason.grpo_trl import correctness_reward, train_grpo_trl
+    from reasoning.reason.grpo_trl import checked_correctness_reward, correctness_reward, train_grpo_trl
 
     assert correctness_reward([[{"content": "1 + 1 = 2\nAnswer: 2"}], "Answer: 3"], ["2", "2"]) == [1.0, 0.0]
+    wrong_working = [[{"content": "1 + 2 = 2\nAnswer: 2"}]]  # the right answer after a wrong equation
+    assert correctness_reward(wrong_working, ["2"]) == [1.0]
+    assert checked_correctness_reward(wrong_working, ["2"]) == [0.0]
     config = ReasonConfig(
         objective="grpo_trl", steps=1, k=2, **{**TINY, "max_new_tokens": 12, "eval_size": 2}
     )
