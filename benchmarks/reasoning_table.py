@@ -9,7 +9,9 @@ run directory per seed (the first four stages run once).
 
 `rft@sft`, `grpo@sft`, `star@sft` start π from the SFT run of the same seed (`init_policy`) and give it
 `--steps` more updates: the recipe's budget (π_θ0's updates, then the final π's), for the usual practice of
-RL or STaR after SFT, at `--warm-lr` (RL after SFT usually runs at a lower rate than SFT).
+RL or STaR after SFT, at `--warm-lr` (RL after SFT usually runs at a lower rate than SFT). `vsft-...@sft`
+is the recipe whose final π starts from π_θ0 (`final_init: prior`, `final_lr` = `--warm-lr`): the same
+updates of π, with q's traces as the data after SFT.
 
 Regimes: `--gold-count -1` (full gold: every training question has its gold trace) or `--gold-count N`
 (semi-supervised: gold traces for the first N questions, answers only for the rest; SFT and the warm-ups
@@ -38,6 +40,7 @@ RECIPE += [f"vsft-{e}-mix-checked" for e in ("gml", "acc")]  # check_working: no
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["rft@sft", "grpo@sft", "star@sft"]
+WARM += [f"{m}@sft" for m in RECIPE]  # the recipe's final π starts from π_θ0 (`final_init: prior`)
 #: `<baseline>-checked`: the on-policy baselines with the recipe's verifier (`check_working`: reward 0 for a
 #: sample with a wrong equation), so a checked recipe row has a checked baseline to beat
 CHECKED = [f"{m}-checked" for m in ("rft", "grpo", "star")]
@@ -65,6 +68,7 @@ LABELS = {
     "star@sft": "STaR after SFT",
 }
 LABELS.update({m: LABELS[m.replace("-checked", "")] + ", working checked" for m in CHECKED})
+LABELS.update({f"{m}@sft": LABELS[m] + ", final π from π_θ0" for m in RECIPE})
 
 
 def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str = ""):
@@ -74,7 +78,7 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
     method, warm = method.removesuffix("@sft"), method.endswith("@sft")
     checked = not method.startswith("vsft-") and method.endswith("-checked")
     method = method.removesuffix("-checked") if checked else method
-    if warm and not init_policy:
+    if warm and not init_policy and not method.startswith("vsft-"):
         raise ValueError(f"{method}@sft needs the SFT run's adapter (init_policy)")
     objective = "variational_sft" if method.startswith("vsft-") else ("sft" if method == "base" else method)
     budget = dict(
@@ -87,13 +91,15 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
         budget["k"] = args.k
     if checked:
         budget["check_working"] = True
-    if warm:  # `run_method` trains the SFT run first and gives its adapter
+    if warm and not method.startswith("vsft-"):  # `run_method` trains the SFT run first, gives its adapter
         budget["init_policy"] = init_policy
         budget["lr"] = args.lr if args.warm_lr is None else args.warm_lr
     if objective == "variational_sft":
         _, estimator, data, *checked = method.split("-")
         budget.update(rho_estimator=estimator, final_data=data, rho_ratio=args.ratio, acc_samples=args.m)
         budget["check_working"] = bool(checked)
+        if warm:  # the final π starts from π_θ0 (the SFT run) at the rate of the other rows after SFT
+            budget.update(final_init="prior", final_lr=args.warm_lr or 0.0)
     return load_config(ReasonConfig, Path(args.configs) / f"{objective}.yaml", budget)
 
 
@@ -110,7 +116,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
     from reasoning.reason.trainer import ReasonTrainer
 
     start, init_policy = time.time(), ""
-    if method.endswith("@sft"):  # π starts from the SFT run of this seed: the recipe's prior stage
+    if method.endswith("@sft") and not method.startswith("vsft-"):  # π starts from this seed's SFT run
         prior_stage(seed, args, out)
         init_policy = str(out / "variational_sft" / "prior" / "policy")
     config = config_of(method, seed, args, init_policy)

@@ -16,7 +16,9 @@ OBJECTIVES = ("sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward
 VARIATIONAL = ("elbo", "iwae", "forward_kl")
 RHO_ESTIMATORS = ("gml", "acc", "likelihood")
 # keys of the offline recipe's last stage only: runs on one directory that differ in them share the others
-FINAL_STAGE_KEYS = ("rho_estimator", "rho_ratio", "final_data", "check_working")
+FINAL_STAGE_KEYS = (
+    "rho_estimator", "rho_ratio", "final_data", "check_working", "final_init", "final_lr",
+)  # fmt: skip
 # the posterior's update of each variational objective when posterior_loss is `auto`
 AUTO_POSTERIOR = {"elbo": "reverse_kl", "iwae": "reverse_kl", "forward_kl": "forward_kl"}
 
@@ -96,6 +98,15 @@ class ReasonConfig(LoopConfig, PolicyConfig):
         "question: its gold and its top-ρ trace in one row; with full gold π sees every gold row SFT sees)",
         "mix",
     )
+    final_init: str = _help(
+        "variational_sft: where the final π starts: base (the base model, the paper's recipe) | prior "
+        "(π_θ0, the SFT run of the prior stage: the recipe's traces as training after SFT, like RFT or STaR "
+        "after SFT)",
+        "base",
+    )
+    final_lr: float = _help(
+        "variational_sft: the final π's learning rate; 0: lr (training after SFT usually runs lower)", 0.0
+    )
     acc_samples: int = _help("variational_sft: continuations of π_θ0 per trace for the acc estimator", 4)
     check_working: bool = _help(
         "variational_sft: ρ = 0 for a q-trace with a wrong equation `a op b = c` in its working (q, told the "
@@ -140,10 +151,13 @@ class ReasonConfig(LoopConfig, PolicyConfig):
             "rho_estimator": RHO_ESTIMATORS,
             "rho_ratio": ("normalized", "exact"),
             "final_data": ("mix", "weighted", "paired"),
+            "final_init": ("base", "prior"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DLNError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.final_lr < 0:
+            raise DLNError(f"final_lr must be >= 0 (0: the run's lr), got {self.final_lr}")
         if self.gold_count < -1:
             raise DLNError(f"gold_count must be -1 (every gold trace) or >= 0, got {self.gold_count}")
         if self.objective == "variational_sft" and self.rho_estimator == "acc" and self.acc_samples < 1:

@@ -5,15 +5,16 @@
                 (`steps` updates)
     traces      K = `k` traces per training question from q_φ (every question, gold or answer-only)
     weights     the terms of ρ_k = π̂_θ0(y | x, z_k) π_θ0(z_k | x) / q_φ(z_k | x, y) (`reasoning.reason.rho`)
-    final       π: SFT of the base model for `steps` updates on gold + the chosen q-traces (`final_data`)
+    final       π: SFT of the base model (or of π_θ0: `final_init: prior`) for `steps` updates on gold +
+                the chosen q-traces (`final_data`)
 
 Every stage lives in the run directory and is skipped when it is finished: prior/, posterior/ and
 final-<estimator>-<ratio>-<data>/ are `ReasonTrainer` runs (checkpointed and resumed by the loop),
 traces/ and weights/ hold one JSON file per chunk of questions, written atomically, and `stages.json`
 records each finished stage's summary and wall time. Runs on one directory may differ in the final stage's
-keys only (`rho_estimator`, `rho_ratio`, `final_data`): they share the first four stages. The latest
-final stage's adapter is copied to policy/ and its evaluation to eval.json, so `dln reason eval --run`
-reads the run like any other.
+keys only (`FINAL_STAGE_KEYS`: `rho_estimator`, `rho_ratio`, `final_data`, ...): they share the first four
+stages. The latest final stage's adapter is copied to policy/ and its evaluation to eval.json, so
+`dln reason eval --run` reads the run like any other.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ class VariationalSFT:
         self.rows = answer_only(list(task_of(config).train), config.gold_count)
         self.stages_file = self.run_dir / "stages.json"
         c = config
-        self.final_name = f"final-{c.rho_estimator}-{c.rho_ratio}-{c.final_data}" + (
-            "-checked" if c.check_working else ""
-        )
+        self.final_name = f"final-{c.rho_estimator}-{c.rho_ratio}-{c.final_data}"
+        self.final_name += "-checked" if c.check_working else ""
+        self.final_name += "-from-prior" if c.final_init == "prior" else ""
+        self.final_name += f"-lr{c.final_lr:g}" if c.final_lr else ""
         self._policy = None
 
     def stages(self) -> dict:
@@ -79,10 +81,10 @@ class VariationalSFT:
         }
 
     # -- stages ---------------------------------------------------------------------------------------
-    def _sft(self, name: str, eval_size: int, **kwargs) -> dict:
+    def _sft(self, name: str, eval_size: int, config: ReasonConfig | None = None, **kwargs) -> dict:
         from reasoning.reason.trainer import ReasonTrainer
 
-        config = replace(self.config, objective="sft", eval_size=eval_size)
+        config = replace(config or self.config, objective="sft", eval_size=eval_size)
         summary = ReasonTrainer(config, self.run_dir / name, **kwargs).fit()
         return {k: summary[k] for k in ("step", "train_seconds", "eval") if k in summary}
 
@@ -180,12 +182,17 @@ class VariationalSFT:
         }
 
     def final(self) -> dict:
-        """π: SFT of the base model on gold + the chosen q-traces, `steps` updates, evaluated."""
+        """π: SFT of the base model (or of π_θ0) on gold + the chosen q-traces, `steps` updates, evaluated."""
         self._policy = None  # the stage loads its own model
         texts = [t["texts"] for t in self._read("traces")]
         data, stats = final_rows(self.rows, texts, self._read("weights"), self.config)
         atomic_write_json(self.run_dir / self.final_name / "data.json", {"stats": stats, "rows": data})
-        return {**self._sft(self.final_name, self.config.eval_size, train_rows=data), "data": stats}
+        c = self.config
+        config = replace(c, lr=c.final_lr or c.lr)
+        if c.final_init == "prior":  # π_θ0's adapter, the prior stage's policy/
+            config = replace(config, init_policy=str(self.run_dir / "prior" / "policy"))
+        trained = self._sft(self.final_name, c.eval_size, config, train_rows=data)
+        return {**trained, "data": stats}
 
     def _publish(self) -> None:
         """Copy the final stage's adapter to policy/ and its evaluation to eval.json (atomically)."""

@@ -58,5 +58,24 @@ def test_recipe_stages_are_cached_and_a_rerun_skips_the_finished_ones(tmp_path, 
     assert fitted == ["final-likelihood-exact-weighted"]  # the first four stages are shared
     weighted = json.loads((tmp_path / "final-likelihood-exact-weighted" / "data.json").read_text())
     assert all(sum(r["weights"]) == pytest.approx(1.0) for r in weighted["rows"][1:])
+
+    fitted.clear()  # the final π from π_θ0: at a vanishing rate it is π_θ0's adapter, from the base it is not
+    warm = replace(config, final_init="prior", final_lr=1e-12)
+    assert VariationalSFT(warm, tmp_path).fit()["final"] == "final-gml-normalized-mix-from-prior-lr1e-12"
+    assert fitted == ["final-gml-normalized-mix-from-prior-lr1e-12"]
+    prior = _adapter(tmp_path / "prior")
+    assert _max_diff(_adapter(tmp_path / "final-gml-normalized-mix-from-prior-lr1e-12"), prior) < 1e-6
+    assert _max_diff(_adapter(tmp_path / "final-gml-normalized-mix"), prior) > 1e-3
     with pytest.raises(DLNError, match="different config"):
         VariationalSFT(replace(config, k=3), tmp_path).fit()
+
+
+def _adapter(stage) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(stage / "policy" / "adapter_model.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
