@@ -7,11 +7,12 @@ gold traces; the paper's recipe (`variational_sft`, methods `vsft-<estimator>-<d
 for `--steps` SFT updates each before its final π gets its `--steps` updates, and its variants share one
 run directory per seed (the first four stages run once).
 
-`rft@sft`, `grpo@sft`, `star@sft` start π from the SFT run of the same seed (`init_policy`) and give it
-`--steps` more updates: the recipe's budget (π_θ0's updates, then the final π's), for the usual practice of
-RL or STaR after SFT, at `--warm-lr` (RL after SFT usually runs at a lower rate than SFT). `vsft-...@sft`
-is the recipe whose final π starts from π_θ0 (`final_init: prior`, `final_lr` = `--warm-lr`): the same
-updates of π, with q's traces as the data after SFT.
+`sft@sft`, `rft@sft`, `grpo@sft`, `star@sft` start π from the SFT run of the same seed (`init_policy`)
+and give it `--steps` more updates: the recipe's budget (π_θ0's updates, then the final π's), for the
+usual practice of RL or STaR after SFT, at `--warm-lr` (RL after SFT usually runs at a lower rate than
+SFT); `sft@sft` is SFT itself at that budget (its gold traces again), the baseline the others' extra
+updates must beat. `vsft-...@sft` is the recipe whose final π starts from π_θ0 (`final_init: prior`,
+`final_lr` = `--warm-lr`): the same updates of π, with q's traces as the data after SFT.
 
 Regimes: `--gold-count -1` (full gold: every training question has its gold trace) or `--gold-count N`
 (semi-supervised: gold traces for the first N questions, answers only for the rest; SFT and the warm-ups
@@ -39,7 +40,7 @@ RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml"
 RECIPE += [f"vsft-{e}-mix-checked" for e in ("gml", "acc")]  # check_working: no trace with a wrong equation
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
-WARM = ["rft@sft", "grpo@sft", "star@sft"]
+WARM = ["sft@sft", "rft@sft", "grpo@sft", "star@sft"]  # sft@sft: SFT given the same budget of updates
 WARM += [f"{m}@sft" for m in RECIPE]  # the recipe's final π starts from π_θ0 (`final_init: prior`)
 #: `<baseline>-checked`: the on-policy baselines with the recipe's verifier (`check_working`: reward 0 for a
 #: sample with a wrong equation), so a checked recipe row has a checked baseline to beat
@@ -63,6 +64,7 @@ LABELS = {
     "vsft-acc-paired": "recipe, Acc, paired",
     "vsft-gml-mix-checked": "recipe, GML, mix, working checked",
     "vsft-acc-mix-checked": "recipe, Acc, mix, working checked",
+    "sft@sft": "SFT, twice the updates",
     "rft@sft": "RFT after SFT",
     "grpo@sft": "GRPO after SFT",
     "star@sft": "STaR after SFT",
