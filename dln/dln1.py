@@ -85,23 +85,8 @@ def dln1_step(
     proposals = propose(backward, config, current, successes, errors, labels, seed)
     remembered = [m for m in (memory or []) if m != current and m not in proposals]
     candidates = [current] + remembered + proposals
-    if rank_half is propose_half:  # the current prompt's rows are the ones just computed
-        others = candidates[1:]
-        per_example = [current_rows] + (
-            label_logprobs(layer, model, others, rank_half.inputs, rank_half.label_sets) if others else []
-        )
-    else:
-        per_example = label_logprobs(layer, model, candidates, rank_half.inputs, rank_half.label_sets)
-    gold = gold_logprobs(per_example, rank_half.targets, rank_half.label_sets)  # (C, B)
-    loglik = gold.mean(axis=1)
-    accuracy = np.array(
-        [
-            np.mean([p == t for p, t in zip(predictions(rows, rank_half.label_sets), rank_half.targets)])
-            for rows in per_example
-        ]
-    )
-    keys = list(zip(accuracy, loglik)) if config.select_by == "accuracy" else list(loglik)
-    best = max(range(len(candidates)), key=lambda i: (keys[i], -i))  # ties keep the earlier (current) one
+    known = current_rows if rank_half is propose_half else None  # the current prompt's rows, just computed
+    best, loglik, accuracy = rank_prompts(layer, model, candidates, rank_half, config.select_by, known=known)
     layer.prompt = candidates[best]
     return {
         "objective": float(loglik[best]),
@@ -115,10 +100,50 @@ def dln1_step(
     }
 
 
+def rank_prompts(
+    layer: LanguageLayer,
+    model: LanguageModel,
+    candidates: list[str],
+    batch: Batch,
+    select_by: str,
+    hidden: list[str] | None = None,
+    known: list[np.ndarray] | None = None,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """(index of the best candidate, mean log p(gold | x) per candidate, accuracy per candidate) on `batch`.
+
+    `select_by`: `loglik`, or `accuracy` with the log-likelihood as the tie-break (a near-chance model can
+    raise the log-likelihood by moving its label bias alone). Ties keep the earlier candidate (the current
+    prompt).
+    `hidden`: DLN-2's hidden texts, one per example; `known`: candidate 0's label rows, already computed.
+    """
+    todo = candidates[1:] if known is not None else candidates
+    per_example = label_logprobs(layer, model, todo, batch.inputs, batch.label_sets, hidden) if todo else []
+    per_example = ([known] if known is not None else []) + per_example
+    loglik = gold_logprobs(per_example, batch.targets, batch.label_sets).mean(axis=1)
+    accuracy = np.array(
+        [
+            np.mean([p == t for p, t in zip(predictions(rows, batch.label_sets), batch.targets)])
+            for rows in per_example
+        ]
+    )
+    keys = list(zip(accuracy, loglik)) if select_by == "accuracy" else list(loglik)
+    best = max(range(len(candidates)), key=lambda i: (keys[i], -i))
+    return best, loglik, accuracy
+
+
 def split_for_ranking(batch: Batch, held_out: bool) -> tuple[Batch, Batch]:
     """(examples the proposals are written from, examples the candidates are ranked on): the two halves of
     the minibatch (every other example, so a class-balanced batch gives balanced halves), or it twice."""
     if not held_out or len(batch.inputs) < 2:
         return batch, batch
-    halves = [Batch(batch.inputs[h::2], batch.targets[h::2], batch.label_sets[h::2]) for h in (0, 1)]
-    return halves[0], halves[1]
+    inputs, targets, label_sets = (
+        split_rows(rows, True) for rows in (batch.inputs, batch.targets, batch.label_sets)
+    )
+    return Batch(inputs[0], targets[0], label_sets[0]), Batch(inputs[1], targets[1], label_sets[1])
+
+
+def split_rows(rows: list, held_out: bool) -> tuple[list, list]:
+    """The halves `split_for_ranking` cuts (every other row), or `rows` twice; for per-example extras."""
+    if not held_out or len(rows) < 2:
+        return rows, rows
+    return rows[0::2], rows[1::2]

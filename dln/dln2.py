@@ -19,10 +19,10 @@ import torch
 
 from dln import vi
 from dln.backward import Example
-from dln.dln1 import Batch, propose, split_outcomes
+from dln.dln1 import Batch, propose, rank_prompts, split_for_ranking, split_outcomes, split_rows
 from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
-from dln.scoring import gold_logprobs, label_logprobs
+from dln.scoring import gold_logprobs, label_logprobs, predictions
 from dln.train_config import TrainConfig
 
 POSTERIOR_TEMPLATE = "{{ prompt }}\n\n{{ input }}\n\nThe correct answer is: {{ target }}."
@@ -105,8 +105,13 @@ def dln2_step(
     config: TrainConfig,
     labels: list[str],
     seed: int,
+    memory: list[str] | None = None,
 ) -> dict:
-    """Update both layers' prompts in place; return the iteration's metrics."""
+    """Update both layers' prompts in place; return the iteration's metrics.
+
+    `output_ranking` picks π2's update: `posterior` (the paper's variational step, `update_output`) or
+    `forward` (`update_output_forward`: DLN-1's search on the program's own forward pass; `memory` holds
+    the best earlier output prompts on dev)."""
     k = config.num_hidden_samples
     texts, ids, rows, log_p_y, log_p_h, log_q = posterior_terms(hidden, output, model, batch, config, seed)
     log_w = torch.tensor(log_weights(log_p_y, log_p_h, log_q, ids, config.hidden_weights))
@@ -127,9 +132,26 @@ def dln2_step(
     predicted = [
         labs[int(np.argmax(rows[i * k + j]))] for i, (j, labs) in enumerate(zip(best_k, batch.label_sets))
     ]
-    scores2, best2 = update_output(
-        output, model, backward, batch, config, labels, seed, best_hidden, predicted, log_p_y, weights, texts
-    )
+    if config.output_ranking == "forward":
+        scores2, best2, train_accuracy = update_output_forward(
+            hidden, output, model, backward, batch, config, labels, seed, memory
+        )
+    else:
+        train_accuracy = float(np.mean([p == t for p, t in zip(predicted, batch.targets)]))
+        scores2, best2 = update_output(
+            output,
+            model,
+            backward,
+            batch,
+            config,
+            labels,
+            seed,
+            best_hidden,
+            predicted,
+            log_p_y,
+            weights,
+            texts,
+        )
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
     scores1, best1 = update_hidden(hidden, model, backward, batch, config, seed, shown, log_p_h, weights, ids)
     metrics.update(
@@ -137,7 +159,7 @@ def dln2_step(
             "objective": scores2[best2],
             "objective_before": scores2[0],
             "hidden_objective": scores1[best1],
-            "train_accuracy_before": float(np.mean([p == t for p, t in zip(predicted, batch.targets)])),
+            "train_accuracy_before": train_accuracy,
             "prompt_changed": best2 != 0 or best1 != 0,
         }
     )
@@ -159,6 +181,37 @@ def update_output(
     best = int(np.argmax(scores))
     output.prompt = ([output.prompt] + proposals)[best]
     return scores, best
+
+
+def update_output_forward(
+    hidden, output, model, backward, batch, config, labels, seed, memory
+) -> tuple[list[float], int, float]:
+    """π2 by DLN-1's search (`rank_prompts`) on the program as it answers: h = the hidden layer's greedy text
+    from x alone, the text the program sees at inference. The proposals are written from the successes and
+    errors of that forward pass, as the reference code does; the candidates (current, remembered, proposed)
+    are ranked by `select_by` on the held-out half with `held_out_ranking`. The posterior's samples, which
+    saw y, still train π1: they are what π1 should make likely. Why: ranked on q's samples, π2 learns to read
+    hidden texts that carry the answer, and at test time no hidden text does (measured: benchmarks/README).
+    Returns (mean log p(gold) per candidate, index of the best, the forward pass's accuracy it wrote from)."""
+    propose_half, rank_half = split_for_ranking(batch, config.held_out_ranking)
+    forward_hidden = hidden.write(model, batch.inputs, config.hidden_max_tokens)
+    hidden_propose, hidden_rank = split_rows(forward_hidden, rank_half is not propose_half)
+    current = output.prompt
+    (rows,) = label_logprobs(
+        output, model, [current], propose_half.inputs, propose_half.label_sets, hidden_propose
+    )
+    predicted = predictions(rows, propose_half.label_sets)
+    successes, errors = split_outcomes(propose_half, predicted, hidden_propose)
+    proposals = propose(backward, config, current, successes, errors, labels, seed)
+    remembered = [m for m in (memory or []) if m != current and m not in proposals]
+    candidates = [current] + remembered + proposals
+    known = rows if rank_half is propose_half else None
+    best, loglik, _ = rank_prompts(
+        output, model, candidates, rank_half, config.select_by, hidden=hidden_rank, known=known
+    )
+    output.prompt = candidates[best]
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, propose_half.targets)]))
+    return loglik.tolist(), best, accuracy
 
 
 def update_hidden(

@@ -59,8 +59,7 @@ class Program:
     def hidden_states(self, inputs: Sequence[str]) -> list[str] | None:
         if self.hidden is None:
             return None
-        outputs = self.hidden.forward(self.model, inputs, max_tokens=self.hidden_max_tokens)
-        return [o[0].strip() for o in outputs]
+        return self.hidden.write(self.model, inputs, self.hidden_max_tokens)
 
     def predict(
         self, inputs: Sequence[str], labels: Sequence[Sequence[str] | None] | None = None

@@ -150,8 +150,9 @@ class PromptTrainer:
                 "scored_contexts": c.iterations * c.num_candidates * c.batch_size + evals * dev,
             }
         bk = c.batch_size * c.num_hidden_samples
+        forward = c.batch_size if c.output_ranking == "forward" else 0  # the greedy hidden texts it ranks on
         return {
-            "generations": c.iterations * (bk + 2 * (c.num_candidates - 1)) + evals * dev,
+            "generations": c.iterations * (bk + forward + 2 * (c.num_candidates - 1)) + evals * dev,
             "scored_contexts": c.iterations * (3 * bk + 2 * c.num_candidates * bk) + evals * dev,
         }
 
@@ -225,13 +226,21 @@ class PromptTrainer:
             self.task.train, self.task.labels, balanced_minibatch(train_targets, config.batch_size, rng)
         )
         seed = config.seed * 100_003 + iteration
+        memory = [m["prompt"] for m in state.get("memory", [])]
         if config.method == "dln1":
-            memory = [m["prompt"] for m in state.get("memory", [])]
             return dln1_step(
                 layers.output, self.model, self.backward, batch, config, self.task.labels, seed, memory
             )
         return dln2_step(
-            layers.hidden, layers.output, self.model, self.backward, batch, config, self.task.labels, seed
+            layers.hidden,
+            layers.output,
+            self.model,
+            self.backward,
+            batch,
+            config,
+            self.task.labels,
+            seed,
+            memory,
         )
 
     def _finish(self, bar, state: dict) -> Program:

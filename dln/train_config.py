@@ -91,13 +91,23 @@ class TrainConfig:
     hidden_temperature: float = _help("DLN-2: sampling temperature of q(h | x, y)", 0.7)
     posterior_temperature: float = _help("DLN-2: temperature of the posterior weights softmax", 1.0)
     held_out_ranking: bool = _help(
-        "DLN-1: write proposals from one half of the minibatch, rank candidates on the other (paper: true)",
+        "DLN-1 (and DLN-2 forward): write proposals from one half of the minibatch, rank candidates on the "
+        "other (paper: true)",
         False,
     )
-    memory: int = _help("DLN-1: best earlier prompts on dev kept as candidates (paper: 2)", 0)
+    memory: int = _help(
+        "DLN-1 (and DLN-2 forward): best earlier output prompts on dev kept as candidates (paper: 2)", 0
+    )
     select_by: str = _help(
-        "DLN-1: rank candidates by loglik (mean log p(gold | x)) or accuracy (log-likelihood breaks ties)",
+        "DLN-1 (and DLN-2 forward): rank candidates by loglik (mean log p(gold | x)) or accuracy "
+        "(log-likelihood breaks ties)",
         "loglik",
+    )
+    output_ranking: str = _help(
+        "DLN-2: how output-prompt candidates are ranked: posterior (the posterior-weighted log p(y|x,h) of "
+        "q's samples, the paper's step) | forward (DLN-1's search, held_out_ranking / memory / select_by "
+        "included, on the program's own greedy hidden text: what it answers with at test time)",
+        "posterior",
     )
     hidden_weights: str = _help(
         "DLN-2 log-weights: exact (log p(y|x,h) + log p(h|x) - log q(h|x,y); ELBO and bound are bounds) | "
@@ -117,6 +127,8 @@ class TrainConfig:
             raise DLNError(f"select_by must be loglik or accuracy, got {self.select_by!r}")
         if self.memory < 0:
             raise DLNError(f"memory must be >= 0, got {self.memory}")
+        if self.output_ranking not in ("posterior", "forward"):
+            raise DLNError(f"output_ranking must be posterior or forward, got {self.output_ranking!r}")
         if self.hidden_weights not in ("exact", "per_token"):
             raise DLNError(f"hidden_weights must be exact or per_token, got {self.hidden_weights!r}")
         if self.method not in METHODS:
