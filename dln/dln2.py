@@ -117,15 +117,7 @@ def dln2_step(
     log_w = torch.tensor(log_weights(log_p_y, log_p_h, log_q, ids, config.hidden_weights))
     log_w = log_w.reshape(len(batch.inputs), k)  # (B, K)
     weights = vi.normalized_weights(log_w, temperature=config.posterior_temperature).numpy()
-    ess = vi.effective_sample_size(log_w)  # (B,): near 1 when one hidden text takes all the weight
-    metrics = {
-        "elbo": float(vi.elbo(log_w).mean()),
-        "iw_bound": float(vi.iw_bound(log_w).mean()),
-        "ess": float(ess.mean()),
-        "ess_min": float(ess.min()),
-        "ess_max": float(ess.max()),
-        "hidden_length": float(np.mean([len(t.split()) for t in texts])),
-    }
+    metrics = weight_metrics(log_w, texts)
 
     best_k = weights.argmax(axis=1)
     best_hidden = [texts[i * k + j] for i, j in enumerate(best_k)]
@@ -138,20 +130,8 @@ def dln2_step(
         )
     else:
         train_accuracy = float(np.mean([p == t for p, t in zip(predicted, batch.targets)]))
-        scores2, best2 = update_output(
-            output,
-            model,
-            backward,
-            batch,
-            config,
-            labels,
-            seed,
-            best_hidden,
-            predicted,
-            log_p_y,
-            weights,
-            texts,
-        )
+        posterior = (best_hidden, predicted, log_p_y, weights, texts)
+        scores2, best2 = update_output(output, model, backward, batch, config, labels, seed, *posterior)
     shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
     scores1, best1 = update_hidden(hidden, model, backward, batch, config, seed, shown, log_p_h, weights, ids)
     metrics.update(
@@ -164,6 +144,20 @@ def dln2_step(
         }
     )
     return metrics
+
+
+def weight_metrics(log_w: torch.Tensor, texts: list[str]) -> dict:
+    """The iteration's bounds and effective sample size from log-weights (B, K): ELBO = mean log w,
+    IW bound = log mean exp log w, ESS = (Σ w)² / Σ w² (near 1 when one hidden text takes all the weight)."""
+    ess = vi.effective_sample_size(log_w)
+    return {
+        "elbo": float(vi.elbo(log_w).mean()),
+        "iw_bound": float(vi.iw_bound(log_w).mean()),
+        "ess": float(ess.mean()),
+        "ess_min": float(ess.min()),
+        "ess_max": float(ess.max()),
+        "hidden_length": float(np.mean([len(t.split()) for t in texts])),
+    }
 
 
 def update_output(
