@@ -46,9 +46,10 @@ def run_one(
 ) -> dict:
     """Train (or resume) one run and measure its test accuracy; bench.json keeps both with the wall time."""
     config_dir = "dln2" if method == "dln2" else "dln1"
+    keys = {key: per_run(value, task, seed) for key, value in (keys or {}).items()}
     values = apply_preset(
         read_yaml(f"configs/{config_dir}/{task}.yaml"),
-        {"preset": preset, "method": method, "seed": seed, **(keys or {})},
+        {"preset": preset, "method": method, "seed": seed, **keys},
     )
     config = build_config(TrainConfig, values)
     trainer = PromptTrainer(config, str(out), model=model, progress=False)
@@ -62,6 +63,11 @@ def run_one(
     record = {"accuracy": test_accuracy, "seconds": seconds, "test_limit": test_limit}
     atomic_write_json(out / "bench.json", record)
     return record
+
+
+def per_run(value: str, task: str, seed: int) -> str:
+    """A `--set` value with `{task}` and `{seed}` filled in (init_from=runs/d1/{task}-dln1-{seed})."""
+    return value.replace("{task}", task).replace("{seed}", str(seed)) if isinstance(value, str) else value
 
 
 def dev_initial_and_best(out: Path) -> tuple[float, float]:
@@ -88,7 +94,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a config key for every run (e.g. held_out_ranking=true); use its own --out",
+        help="a config key for every run (e.g. held_out_ranking=true; {task} and {seed} are filled in, "
+        "as in init_from=runs/d1/{task}-dln1-{seed}); use its own --out",
     )
     parser.add_argument("--model", default="hf:default", help="model URI for every run (e.g. hf:NAME)")
     parser.add_argument("--test-limit", type=int, default=0, help="first N test examples (0: all)")

@@ -23,7 +23,7 @@ from dln.dln2 import dln2_step
 from dln.errors import DLNError
 from dln.layers import LanguageLayer
 from dln.lm import LanguageModel, load_model
-from dln.program import Program
+from dln.program import Program, load_program
 from dln.rundir import RunDir, Stopwatch
 from dln.train_config import TrainConfig
 
@@ -97,6 +97,7 @@ class PromptTrainer:
         self.config = config
         self.run = RunDir(out)
         self.task = load_task(config.task, train=config.train, dev=config.dev, test=config.test)
+        self.source = load_program(config.init_from) if config.init_from else None  # fails before loading
         if len(self.task.train) == 0 or len(self.task.dev) == 0:
             raise DLNError("the train and dev splits must not be empty")
         self.model = model or load_model(config.model, **config.model_options())
@@ -112,9 +113,15 @@ class PromptTrainer:
 
     # -- the program being trained -------------------------------------------------------------------
     def initial_prompts(self) -> dict[str, str | None]:
+        """The prompts iteration 0 evaluates: the config's, a finished run's (`init_from`), or ICL's."""
         config = self.config
-        output = icl_prompt(config, self.task) if config.method == "icl" else config.initial_prompt
-        return {"output": output, "hidden": config.hidden_prompt if config.method == "dln2" else None}
+        output, hidden = config.initial_prompt, config.hidden_prompt
+        if self.source is not None:
+            output = self.source.output.prompt
+            hidden = self.source.hidden.prompt if self.source.hidden is not None else hidden
+        if config.method == "icl":
+            output = icl_prompt(config, self.task)
+        return {"output": output, "hidden": hidden if config.method == "dln2" else None}
 
     def program(self, prompts: dict[str, str | None]) -> Program:
         config = self.config

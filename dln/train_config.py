@@ -71,6 +71,11 @@ class TrainConfig:
     seed: int = _help("seed of minibatches and proposals (paper: 13, 42, 25)", 42)
     # DLN-1
     initial_prompt: str = _help("the prompt training starts from", "Classify the input.")
+    init_from: str | None = _help(
+        "a finished run (or its program.json) whose trained output prompt replaces initial_prompt, and whose "
+        "hidden prompt replaces hidden_prompt when it has one: DLN-2 fine-tuned from DLN-1, the paper's "
+        "`--init_p2` (count the source run's iterations in the budget)"
+    )
     template: str = _help(
         "Jinja template of the output layer (fields: prompt, input, hidden)", CLASSIFY_TEMPLATE
     )

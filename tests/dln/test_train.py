@@ -120,6 +120,25 @@ def test_zero_iterations_keeps_the_initial_prompt(hf_model, tmp_path):
     assert program.output.prompt == TINY.get("initial_prompt", TrainConfig.initial_prompt)
 
 
+def test_init_from_starts_dln2_from_a_finished_dln1_program(hf_model, tmp_path):
+    source = tmp_path / "dln1"
+    PromptTrainer(
+        tiny(iterations=0, initial_prompt="Is this review good or bad?"),
+        str(source),
+        model=hf_model,
+        progress=False,
+    ).fit()
+    config = tiny(method="dln2", iterations=0, dev_size=4, hidden_max_tokens=8, init_from=str(source))
+    program = PromptTrainer(config, str(tmp_path / "dln2"), model=hf_model, progress=False).fit()
+    assert program.output.prompt == "Is this review good or bad?"
+    assert program.hidden.prompt == config.hidden_prompt  # a DLN-1 source has no hidden prompt to give
+
+
+def test_init_from_a_missing_run_names_it(hf_model, tmp_path):
+    with pytest.raises(DLNError, match="no program at .*nowhere"):
+        PromptTrainer(tiny(init_from=str(tmp_path / "nowhere")), str(tmp_path / "run"), model=hf_model)
+
+
 def test_icl_baseline_puts_train_examples_in_the_prompt(hf_model, tmp_path):
     program = PromptTrainer(
         tiny(method="icl", icl_shots=2), str(tmp_path), model=hf_model, progress=False
