@@ -37,7 +37,10 @@ from pathlib import Path
 from dln.lm.hardware import native_bf16
 
 RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
-RECIPE += [f"vsft-{e}-mix-checked" for e in ("gml", "acc")]  # check_working: no trace with a wrong equation
+RECIPE += [
+    f"vsft-{e}-{d}-checked" for d in ("mix", "paired") for e in ("gml", "acc")
+]  # check_working: no trace
+# with a wrong equation
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["sft@sft", "rft@sft", "grpo@sft", "star@sft"]  # sft@sft: SFT given the same budget of updates
@@ -64,6 +67,8 @@ LABELS = {
     "vsft-acc-paired": "recipe, Acc, paired",
     "vsft-gml-mix-checked": "recipe, GML, mix, working checked",
     "vsft-acc-mix-checked": "recipe, Acc, mix, working checked",
+    "vsft-gml-paired-checked": "recipe, GML, paired, working checked",
+    "vsft-acc-paired-checked": "recipe, Acc, paired, working checked",
     "sft@sft": "SFT, twice the updates",
     "rft@sft": "RFT after SFT",
     "grpo@sft": "GRPO after SFT",
