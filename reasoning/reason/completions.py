@@ -6,6 +6,12 @@ so both cut q's samples and append `Answer: y` + EOS by one rule.
 
 from __future__ import annotations
 
+import logging
+
+from reasoning.reason.tasks import format_completion
+
+log = logging.getLogger(__name__)
+
 
 class CompletionIds:
     """Token-id rules of one tokenizer: `continuation(text)` and `cut_trace(ids)`."""
@@ -25,3 +31,30 @@ class CompletionIds:
             if token in self.answer_token_ids:
                 return ids[:i]
         return ids[:-1] if ids and ids[-1] == self.eos else ids
+
+    def gold_lengths(self, rows: list[dict]) -> list[int]:
+        """Token counts of the gold completions (trace, `Answer: y`, EOS) of the rows with a gold trace."""
+        return [
+            len(self.continuation(format_completion(r["trace"], r["answer"]))) for r in rows if r["trace"]
+        ]
+
+    def warn_if_truncating(self, rows: list[dict], max_new_tokens: int) -> float:
+        """Log when `max_new_tokens` is shorter than some gold completions, and return their share.
+
+        Why: a sample cut before its `Answer:` line scores as wrong and, in the recipe, gets no ρ, so a
+        budget that truncates gold-length answers caps every method's accuracy (word_chain's gold runs to
+        about 84 tokens against the configs' default of 48)."""
+        lengths = self.gold_lengths(rows)
+        cut = sum(n > max_new_tokens for n in lengths)
+        if not cut:
+            return 0.0
+        log.warning(
+            "max_new_tokens %d is shorter than %d of %d gold completions (the longest is %d tokens): samples "
+            "and held-out answers that long lose their Answer: line; set max_new_tokens to at least %d",
+            max_new_tokens,
+            cut,
+            len(lengths),
+            max(lengths),
+            max(lengths),
+        )
+        return cut / len(lengths)

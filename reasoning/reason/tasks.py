@@ -10,8 +10,9 @@ Two sources of (question, trace, answer) rows, both returned as `datasets.Datase
       answer:   "12"
 
   with a fixed, disjoint train/test split drawn from `seed`.
-- `word_chain`: shipped word problems of 4 operations with a two-operand step and a distractor (about 45
-  tokens of working; `reasoning/reason/data/generate_word_chain.py` writes them), harder than `chain`.
+- `word_chain`: shipped word problems of 4 operations with a two-operand step and a distractor (about 50
+  tokens of working, up to 86 with `Answer: y`, so give it max_new_tokens 96;
+  `reasoning/reason/data/generate_word_chain.py` writes them), harder than `chain`.
 - `load_jsonl(path)`: a user's JSONL of `{"question", "answer"}` in GSM8K format, where `answer` holds the
   worked solution and the final answer after `####` (the solution becomes the gold trace).
 

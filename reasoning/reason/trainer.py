@@ -100,6 +100,7 @@ class ReasonTrainer:
             self.adapters,
         )
         self.ids = CompletionIds(self.policy.tokenizer)
+        self.ids.warn_if_truncating(self.gold_rows, config.max_new_tokens)
         self.eos = self.ids.eos
         self.warmup = PosteriorWarmup(self)
         self.objective = objective_of(self)

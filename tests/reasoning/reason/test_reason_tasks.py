@@ -181,3 +181,24 @@ def test_gold_count_keeps_gold_traces_for_the_first_questions_only(tmp_path):
         ReasonTrainer(ReasonConfig(objective="sft", gold_count=0, n_train=4, n_test=1), tmp_path / "run")
     with pytest.raises(DLNError, match="gold_count must be"):
         ReasonConfig(gold_count=-2)
+
+
+def test_warn_if_truncating_counts_gold_completions_longer_than_the_budget(caplog):
+    """Char tokens: "1 + 2 = 3\nAnswer: 3" is 9 characters, "\n", the Answer token, ": 3", then EOS;
+    an answer-only row (no trace) is not counted."""
+    from reasoning.reason.completions import CompletionIds
+    from tests.reasoning.reason.fakes import CharTokenizer
+
+    ids = CompletionIds(CharTokenizer())
+    rows = [
+        {"trace": "1 + 2 = 3", "answer": "3"},
+        {"trace": "10 + 20 = 30", "answer": "30"},
+        {"trace": "", "answer": "7"},
+    ]
+    short, long = 9 + 1 + 1 + 3 + 1, 12 + 1 + 1 + 4 + 1
+    assert ids.gold_lengths(rows) == [short, long]
+    with caplog.at_level("WARNING"):
+        assert ids.warn_if_truncating(rows, long) == 0.0
+        assert not caplog.records
+        assert ids.warn_if_truncating(rows, short) == 0.5
+    assert f"at least {long}" in caplog.text and "1 of 2 gold completions" in caplog.text
