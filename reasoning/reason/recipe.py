@@ -177,7 +177,8 @@ class VariationalSFT:
         accs = [t["acc"] for t in terms if t["acc"] is not None]
         return {
             "prior_answer_gml": sum(_exp_mean(t) for t in terms) / len(terms),
-            "prior_acc_after_trace": sum(accs) / len(accs) if accs else None,
+            "prior_acc_after_trace": sum(accs) / len(accs) if accs else None,  # of the traces scored
+            "acc_skipped": sum(1 for t in terms if t.get("skipped")),  # check_working: wrong working
             "sampling_seconds": round(timings["sampling"], 2),  # acc's continuations (this call's chunks)
         }
 

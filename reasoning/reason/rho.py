@@ -17,6 +17,9 @@ log r_k (`rho_ratio`):
 
 log q is scored under the distribution the traces were sampled from (temperature, top_p). A trace with
 ρ = 0 (acc: no correct continuation; `check_working`: a wrong equation in its working) is never chosen.
+With `check_working` the acc continuations of a trace with wrong working are not drawn (its ρ is 0 either
+way; on word_chain that is about 80 % of q's traces and of the weights stage's sampling): its term has
+acc None and `skipped` True, and a final stage without the check refuses such weights.
 The final data (`final_data`):
     mix          every gold trace, plus each question's top-ρ trace (the paper's "mix" data)
     weighted     every gold trace, plus each question's traces with w̃_k = ρ_k / Σ_j ρ_j (weighted SFT)
@@ -33,6 +36,7 @@ import time
 
 import torch
 
+from dln.errors import DLNError
 from reasoning.reason.tasks import answer_suffix, is_correct, policy_prompt, posterior_prompt
 from reasoning.reason.working import working_is_right
 
@@ -62,8 +66,8 @@ def score_traces(
         timings: when given, its "sampling" entry grows by the seconds spent sampling them.
 
     Returns:
-        Per row, per trace: {"log_prior_z", "log_q_z", "z_len", "log_y", "y_len", "acc"} (acc None when
-        acc_samples is 0).
+        Per row, per trace: {"log_prior_z", "log_q_z", "z_len", "log_y", "y_len", "acc", "skipped"} (acc
+        None when acc_samples is 0, or when `check_working` skipped the trace: `skipped` True).
     """
     x = policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
     hints = policy.encode_prompts([posterior_prompt(r["question"], r["answer"]) for r in rows])
@@ -89,12 +93,18 @@ def score_traces(
                     "y_len": len(joint[i]) - len(z),
                 }
             )
+    skipped = [
+        bool(config.check_working) and working_is_right(policy.decode(z)) is False for _, z in flat
+    ]  # ρ = 0 whatever acc says: no continuations for them
     start = time.perf_counter()
-    acc = _accuracy(policy, x, rows, flat, config.acc_samples, seed) if config.acc_samples else None
+    if config.acc_samples:
+        drawn = [item for item, skip in zip(flat, skipped) if not skip]
+        accs = iter(_accuracy(policy, x, rows, drawn, config.acc_samples, seed) if drawn else [])
     if timings is not None:
         timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
-    for i, term in enumerate(out):
-        term["acc"] = None if acc is None else acc[i]
+    for term, skip in zip(out, skipped):
+        term["acc"] = None if not config.acc_samples or skip else next(accs)
+        term["skipped"] = skip
     k = len(traces[0]) if traces else 0
     return [out[b * k : (b + 1) * k] for b in range(len(traces))]
 
@@ -138,6 +148,11 @@ def final_rows(
         terms: per question, `score_traces`'s terms of each trace.
         config: `rho_estimator`, `rho_ratio`, `final_data`, `check_working`.
     """
+    if not config.check_working and any(t.get("skipped") for group in terms for t in group):
+        raise DLNError(
+            "these weights were computed with check_working: true, which draws no acc continuations for "
+            "traces with wrong working; a final stage without the check needs its own run directory"
+        )
     paired = config.final_data == "paired"
     data = [] if paired else [r for r in rows if r["trace"]]
     kept, ess, lengths, reach, wrong = 0, [], [], 0, 0

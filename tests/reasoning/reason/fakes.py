@@ -92,7 +92,9 @@ class FakePolicy:
     def sample(
         self, prompt_ids, n=1, max_new_tokens=48, temperature=1.0, top_p=1.0, seed=None, batch_size=32
     ):
-        self.sample_calls.append({"adapter": self.active, "temperature": temperature, "n": n})
+        self.sample_calls.append(
+            {"adapter": self.active, "temperature": temperature, "n": n, "prompts": len(prompt_ids)}
+        )
         return [
             [self.tokenizer.encode(text) + [EOS] for text in self.script(self.decode(p), n)]
             for p in prompt_ids

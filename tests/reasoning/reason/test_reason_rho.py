@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from dln.errors import DLNError
 from reasoning.reason.completions import CompletionIds
 from reasoning.reason.config import ReasonConfig
 from reasoning.reason.rho import final_rows, log_rho, score_traces
@@ -51,6 +52,7 @@ def by_hand(policy: FakePolicy, row: dict, z: str) -> dict:
         "log_y": policy.char_logprob("prior", y_ids),
         "y_len": len(y_ids),
         "acc": CORRECT_OF_3[z] / 3,
+        "skipped": False,
     }
 
 
@@ -134,6 +136,36 @@ def test_check_working_never_chooses_a_trace_with_a_wrong_equation(scored):
     # question 0 keeps its gold trace and gets no q-trace
     assert [r["trace"] for r in checked] == [ROWS[0]["trace"], TRACES[1][1 - best[1]]]
     assert stats["with_trace"] == 1 and stats["wrong_working"] == 3
+
+
+def test_check_working_draws_no_acc_continuations_for_a_trace_with_wrong_working(scored):
+    _, terms = scored
+    policy = FakePolicy(("prior", "posterior"), script=continuations)
+    wrong = [["3 + 4 = 7", "2 + 4 = 7"], ["9 - 4 = 5", "1 + 3 = 5"]]  # second: a wrong step to y
+    CORRECT_OF_3.update({"2 + 4 = 7": 3, "1 + 3 = 5": 3})  # acc would choose them if they were scored
+    try:
+        traces = [[policy.tokenizer.encode(z) for z in group] for group in wrong]
+        config = recipe_config(rho_estimator="acc", check_working=True)
+        checked = score_traces(policy, CompletionIds(policy.tokenizer), ROWS, traces, config, seed=0)
+        full = score_traces(policy, CompletionIds(policy.tokenizer), ROWS, traces, recipe_config(), seed=0)
+    finally:
+        for z in ("2 + 4 = 7", "1 + 3 = 5"):
+            CORRECT_OF_3.pop(z)
+    assert [c["prompts"] for c in policy.sample_calls] == [2, 4]  # checked: only the 2 right traces
+    assert [[t["skipped"] for t in g] for g in checked] == [[False, True], [False, True]]
+    assert [[t["acc"] for t in g] for g in checked] == [[2 / 3, None], [1.0, None]]
+    for group_checked, group_full in zip(checked, full):  # every other term is the same as unchecked
+        for a, b in zip(group_checked, group_full):
+            assert {k: v for k, v in a.items() if k not in ("acc", "skipped")} == pytest.approx(
+                {k: v for k, v in b.items() if k not in ("acc", "skipped")}, abs=1e-12
+            )
+    data, stats = final_rows(ROWS, wrong, checked, config)
+    assert [r["trace"] for r in data] == ["3 + 4 = 7", "3 + 4 = 7", "9 - 4 = 5"]
+    assert stats["wrong_working"] == 2
+    unchecked, _ = final_rows(ROWS, wrong, full, recipe_config(rho_estimator="acc"))
+    assert [r["trace"] for r in unchecked][1:] == ["2 + 4 = 7", "1 + 3 = 5"]  # acc alone prefers them
+    with pytest.raises(DLNError, match="check_working"):  # shared weights, the check dropped: refused
+        final_rows(ROWS, wrong, checked, recipe_config(rho_estimator="acc"))
 
 
 # -- the online variational step (`objectives.Variational`) on the fake ----------------------------------
