@@ -93,9 +93,17 @@ def score_traces(
                     "y_len": len(joint[i]) - len(z),
                 }
             )
-    skipped = [
-        bool(config.check_working) and working_is_right(policy.decode(z)) is False for _, z in flat
-    ]  # ρ = 0 whatever acc says: no continuations for them
+    _add_acc_terms(policy, x, rows, flat, out, config, seed, timings)
+    k = len(traces[0]) if traces else 0
+    return [out[b * k : (b + 1) * k] for b in range(len(traces))]
+
+
+def _add_acc_terms(policy, x, rows, flat, out: list[dict], config, seed: int, timings) -> None:
+    """Set "acc" and "skipped" on each term of `out` (one per (row, trace) of `flat`).
+
+    With `check_working`, a trace whose working is wrong gets no continuations: its ρ is 0 whatever acc says.
+    """
+    skipped = [bool(config.check_working) and working_is_right(policy.decode(z)) is False for _, z in flat]
     start = time.perf_counter()
     if config.acc_samples:
         drawn = [item for item, skip in zip(flat, skipped) if not skip]
@@ -105,8 +113,6 @@ def score_traces(
     for term, skip in zip(out, skipped):
         term["acc"] = None if not config.acc_samples or skip else next(accs)
         term["skipped"] = skip
-    k = len(traces[0]) if traces else 0
-    return [out[b * k : (b + 1) * k] for b in range(len(traces))]
 
 
 def _accuracy(policy, x, rows, flat, m: int, seed: int) -> list[float]:
