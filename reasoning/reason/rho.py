@@ -72,7 +72,8 @@ def score_traces(
     x = policy.encode_prompts([policy_prompt(r["question"]) for r in rows])
     hints = policy.encode_prompts([posterior_prompt(r["question"], r["answer"]) for r in rows])
     flat = [(b, z) for b, group in enumerate(traces) for z in group]
-    joints = [z + ids.continuation(answer_suffix(policy.decode(z), rows[b]["answer"])) for b, z in flat]
+    texts = [policy.decode(z) for _, z in flat]  # decoded once: the answer suffix and the working check
+    joints = [z + ids.continuation(answer_suffix(t, rows[b]["answer"])) for (b, z), t in zip(flat, texts)]
     out = []
     for start in range(0, len(flat), SCORE_BATCH):  # (N, T, V) logits: a few sequences at a time
         part, joint = flat[start : start + SCORE_BATCH], joints[start : start + SCORE_BATCH]
@@ -93,17 +94,17 @@ def score_traces(
                     "y_len": len(joint[i]) - len(z),
                 }
             )
-    _add_acc_terms(policy, x, rows, flat, out, config, seed, timings)
+    _add_acc_terms(policy, x, rows, flat, texts, out, config, seed, timings)
     k = len(traces[0]) if traces else 0
     return [out[b * k : (b + 1) * k] for b in range(len(traces))]
 
 
-def _add_acc_terms(policy, x, rows, flat, out: list[dict], config, seed: int, timings) -> None:
-    """Set "acc" and "skipped" on each term of `out` (one per (row, trace) of `flat`).
+def _add_acc_terms(policy, x, rows, flat, texts, out: list[dict], config, seed: int, timings) -> None:
+    """Set "acc" and "skipped" on each term of `out` (one per (row, trace) of `flat`, decoded as `texts`).
 
     With `check_working`, a trace whose working is wrong gets no continuations: its ρ is 0 whatever acc says.
     """
-    skipped = [bool(config.check_working) and working_is_right(policy.decode(z)) is False for _, z in flat]
+    skipped = [bool(config.check_working) and working_is_right(text) is False for text in texts]
     start = time.perf_counter()
     if config.acc_samples:
         drawn = [item for item, skip in zip(flat, skipped) if not skip]
