@@ -149,7 +149,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, out: Path) -> d
             "prior_accuracy": stages["prior"]["eval"]["accuracy"],
             "q_accuracy_with_hint": stages["traces"]["q_accuracy_with_hint"],
             "q_trace_reaches_answer": stages["traces"].get("q_trace_reaches_answer"),
-            "trace_len": stages["traces"]["trace_len"],
+            "q_trace_len": stages["traces"]["trace_len"],  # trace_len: the held-out one, as in every row
             "weights": stages["weights"],
             "data": stages[summary["final"]]["data"],
         }
@@ -202,18 +202,19 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     if recipe:
         lines += [
             "",
-            "| recipe run | seed | π_θ0 acc % | q acc with hint % (its trace reaches y %) | trace tokens | "
+            "| recipe run | seed | π_θ0 acc % | q acc with hint % (its trace reaches y %) | q trace tokens | "
             "ESS of K | questions with a trace (chosen trace reaches y %) | stage seconds (prior, posterior, "
             "traces, weights, final) | sampling s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in recipe:
             stages = list(r["stages"].values())
+            q_len = r.get("q_trace_len", r["trace_len"])  # older lines held q's trace length in trace_len
             sampling = r["stages"].get("traces", 0) + (r["weights"].get("sampling_seconds") or 0)
             lines.append(
                 f"| {LABELS[r['method']]} | {r['seed']} | {100 * r['prior_accuracy']:.1f} | "
                 f"{100 * r['q_accuracy_with_hint']:.1f} ({_percent(r.get('q_trace_reaches_answer'))}) | "
-                f"{r['trace_len']:.1f} | {r['data']['ess']:.2f} | {r['data']['with_trace']}/"
+                f"{q_len:.1f} | {r['data']['ess']:.2f} | {r['data']['with_trace']}/"
                 f"{r['data']['questions']} ({_percent(r['data'].get('chosen_reaches_answer'))}) | "
                 f"{', '.join(f'{v:.0f}' for v in stages[:4] + stages[-1:])} | {sampling:.0f} |"
             )
