@@ -119,6 +119,14 @@ def rank_prompts(
     todo = candidates[1:] if known is not None else candidates
     per_example = label_logprobs(layer, model, todo, batch.inputs, batch.label_sets, hidden) if todo else []
     per_example = ([known] if known is not None else []) + per_example
+    return select_best(per_example, batch, select_by)
+
+
+def select_best(
+    per_example: list[np.ndarray], batch: Batch, select_by: str
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """`rank_prompts`'s choice from each candidate's label log-prob rows on `batch` (one array per
+    candidate): (index of the best, mean log p(gold | x) per candidate, accuracy per candidate)."""
     loglik = gold_logprobs(per_example, batch.targets, batch.label_sets).mean(axis=1)
     accuracy = np.array(
         [
@@ -127,7 +135,7 @@ def rank_prompts(
         ]
     )
     keys = list(zip(accuracy, loglik)) if select_by == "accuracy" else list(loglik)
-    best = max(range(len(candidates)), key=lambda i: (keys[i], -i))
+    best = max(range(len(per_example)), key=lambda i: (keys[i], -i))
     return best, loglik, accuracy
 
 

@@ -19,7 +19,15 @@ import torch
 
 from dln import vi
 from dln.backward import Example
-from dln.dln1 import Batch, propose, rank_prompts, split_for_ranking, split_outcomes, split_rows
+from dln.dln1 import (
+    Batch,
+    propose,
+    rank_prompts,
+    select_best,
+    split_for_ranking,
+    split_outcomes,
+    split_rows,
+)
 from dln.layers import LanguageLayer
 from dln.lm.base import LanguageModel
 from dln.scoring import gold_logprobs, label_logprobs, predictions
@@ -111,7 +119,8 @@ def dln2_step(
 
     `output_ranking` picks π2's update: `posterior` (the paper's variational step, `update_output`) or
     `forward` (`update_output_forward`: DLN-1's search on the program's own forward pass; `memory` holds
-    the best earlier output prompts on dev)."""
+    the best earlier output prompts on dev); `hidden_ranking` picks π1's the same way (`update_hidden`,
+    `update_hidden_forward`)."""
     k = config.num_hidden_samples
     texts, ids, rows, log_p_y, log_p_h, log_q = posterior_terms(hidden, output, model, batch, config, seed)
     log_w = torch.tensor(log_weights(log_p_y, log_p_h, log_q, ids, config.hidden_weights))
@@ -132,8 +141,13 @@ def dln2_step(
         train_accuracy = float(np.mean([p == t for p, t in zip(predicted, batch.targets)]))
         posterior = (best_hidden, predicted, log_p_y, weights, texts)
         scores2, best2 = update_output(output, model, backward, batch, config, labels, seed, *posterior)
-    shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)][:4]
-    scores1, best1 = update_hidden(hidden, model, backward, batch, config, seed, shown, log_p_h, weights, ids)
+    shown = [Example(x, h) for x, h in zip(batch.inputs, best_hidden)]
+    if config.hidden_ranking == "forward":
+        scores1, best1 = update_hidden_forward(hidden, output, model, backward, batch, config, seed, shown)
+    else:
+        scores1, best1 = update_hidden(
+            hidden, model, backward, batch, config, seed, shown[:4], log_p_h, weights, ids
+        )
     metrics.update(
         {
             "objective": scores2[best2],
@@ -225,3 +239,30 @@ def update_hidden(
     best = int(np.argmax(scores))
     hidden.prompt = ([hidden.prompt] + proposals)[best]
     return scores, best
+
+
+def update_hidden_forward(
+    hidden, output, model, backward, batch, config, seed, shown
+) -> tuple[list[float], int]:
+    """π1 by the program's own result: each candidate (current, proposed) writes its greedy hidden text for
+    the ranking examples, the current output prompt answers from it, and `select_by` picks (accuracy with
+    the log-likelihood as the tie-break, or the mean log p(gold | x, h)); `held_out_ranking` writes the
+    proposals from one half of the minibatch (shown with q's best hidden text) and ranks on the other.
+    Why: on the default model log p(y | x, h) hardly depends on h, so the posterior step's objective is
+    almost only log p(h | x), which rewards prompts whose text is likely, not useful (benchmarks/README).
+    Returns (mean log p(gold) per candidate, index of the best)."""
+    held_out = config.held_out_ranking and len(batch.inputs) > 1
+    _, rank_half = split_for_ranking(batch, held_out)
+    examples = split_rows(shown, held_out)[0][:4]
+    proposals = propose(backward, config, hidden.prompt, examples, [], [], seed + 1)
+    candidates = [hidden.prompt] + [p for p in dict.fromkeys(proposals) if p != hidden.prompt]
+    per_example = []
+    for prompt in candidates:
+        texts = hidden.write(model, rank_half.inputs, config.hidden_max_tokens, prompt=prompt)
+        (rows,) = label_logprobs(
+            output, model, [output.prompt], rank_half.inputs, rank_half.label_sets, texts
+        )
+        per_example.append(rows)
+    best, loglik, _ = select_best(per_example, rank_half, config.select_by)
+    hidden.prompt = candidates[best]
+    return loglik.tolist(), best

@@ -65,9 +65,11 @@ class LanguageLayer:
         """Generate the layer's output(s) for each input."""
         return model.generate(self._render_all(inputs, prompt, hidden), **sampling)
 
-    def write(self, model: LanguageModel, inputs: Sequence[str], max_tokens: int) -> list[str]:
+    def write(
+        self, model: LanguageModel, inputs: Sequence[str], max_tokens: int, *, prompt: str | None = None
+    ) -> list[str]:
         """The layer's greedy output for each input, stripped: DLN-2's hidden text as the program answers."""
-        return [o[0].strip() for o in self.forward(model, inputs, max_tokens=max_tokens)]
+        return [o[0].strip() for o in self.forward(model, inputs, prompt=prompt, max_tokens=max_tokens)]
 
     def classify(
         self,

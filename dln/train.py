@@ -158,6 +158,8 @@ class PromptTrainer:
             }
         bk = c.batch_size * c.num_hidden_samples
         forward = c.batch_size if c.output_ranking == "forward" else 0  # the greedy hidden texts it ranks on
+        if c.hidden_ranking == "forward":  # each hidden-prompt candidate's greedy texts (at most the batch)
+            forward += c.num_candidates * c.batch_size
         return {
             "generations": c.iterations * (bk + forward + 2 * (c.num_candidates - 1)) + evals * dev,
             "scored_contexts": c.iterations * (3 * bk + 2 * c.num_candidates * bk) + evals * dev,

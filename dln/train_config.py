@@ -114,6 +114,12 @@ class TrainConfig:
         "included, on the program's own greedy hidden text: what it answers with at test time)",
         "posterior",
     )
+    hidden_ranking: str = _help(
+        "DLN-2: how hidden-prompt candidates are ranked: posterior (the posterior-weighted log p(h|x) of q's "
+        "samples, the paper's step) | forward (the program's accuracy, select_by / held_out_ranking, with "
+        "each candidate's own greedy hidden text and the current output prompt, as at test time)",
+        "posterior",
+    )
     hidden_weights: str = _help(
         "DLN-2 log-weights: exact (log p(y|x,h) + log p(h|x) - log q(h|x,y); ELBO and bound are bounds) | "
         "per_token (the reference code's: the h terms divided by h's length; a heuristic, not a bound)",
@@ -134,6 +140,8 @@ class TrainConfig:
             raise DLNError(f"memory must be >= 0, got {self.memory}")
         if self.output_ranking not in ("posterior", "forward"):
             raise DLNError(f"output_ranking must be posterior or forward, got {self.output_ranking!r}")
+        if self.hidden_ranking not in ("posterior", "forward"):
+            raise DLNError(f"hidden_ranking must be posterior or forward, got {self.hidden_ranking!r}")
         if self.hidden_weights not in ("exact", "per_token"):
             raise DLNError(f"hidden_weights must be exact or per_token, got {self.hidden_weights!r}")
         if self.method not in METHODS:
