@@ -3,8 +3,8 @@ wins under each ranking is known in advance.
 
 The current hidden prompt makes q's samples likely (log p(h | x) = -0.5 per token against -3.0) but its own
 greedy text (`VAGUE`) leaves the output layer at p(gold) = 0.4; the proposed prompt `NAME-IT` writes
-`SAYS-GOOD`, after which the output layer is right (0.9 on the first half of the batch, 0.7 on the second). The paper's
-posterior step keeps the current prompt; the forward ranking takes the proposal.
+`SAYS-GOOD`, after which the output layer is right (0.9 on the first half of the batch, 0.7 on the second).
+The paper's posterior step keeps the current prompt; the forward ranking takes the proposal.
 """
 
 from __future__ import annotations
