@@ -107,6 +107,8 @@ def config_of(method: str, seed: int, args: argparse.Namespace, init_policy: str
         budget["check_working"] = bool(checked)
         if warm:  # the final π starts from π_θ0 (the SFT run) at the rate of the other rows after SFT
             budget.update(final_init="prior", final_lr=args.warm_lr or 0.0)
+        else:  # from the base model at the run's rate (the paper), whatever the shipped config says
+            budget.update(final_init="base", final_lr=0.0)
     return load_config(ReasonConfig, Path(args.configs) / f"{objective}.yaml", budget)
 
 
