@@ -37,10 +37,8 @@ from pathlib import Path
 from dln.lm.hardware import native_bf16
 
 RECIPE = [f"vsft-{e}-{d}" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
-RECIPE += [
-    f"vsft-{e}-{d}-checked" for d in ("mix", "paired") for e in ("gml", "acc")
-]  # check_working: no trace
-# with a wrong equation
+# check_working: no trace with a wrong equation
+RECIPE += [f"vsft-{e}-{d}-checked" for d in ("mix", "weighted", "paired") for e in ("gml", "acc")]
 METHODS = ["base", "sft", "rft", "grpo", "grpo_trl", "star", "elbo", "iwae", "forward_kl", *RECIPE]
 #: `<method>@sft`: π starts from the SFT run of the same seed (`init_policy`), then gets `--steps` updates
 WARM = ["sft@sft", "rft@sft", "grpo@sft", "star@sft"]  # sft@sft: SFT given the same budget of updates
@@ -67,6 +65,8 @@ LABELS = {
     "vsft-acc-paired": "recipe, Acc, paired",
     "vsft-gml-mix-checked": "recipe, GML, mix, working checked",
     "vsft-acc-mix-checked": "recipe, Acc, mix, working checked",
+    "vsft-gml-weighted-checked": "recipe, GML, weighted, working checked",
+    "vsft-acc-weighted-checked": "recipe, Acc, weighted, working checked",
     "vsft-gml-paired-checked": "recipe, GML, paired, working checked",
     "vsft-acc-paired-checked": "recipe, Acc, paired, working checked",
     "sft@sft": "SFT, twice the updates",
