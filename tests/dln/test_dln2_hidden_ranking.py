@@ -17,8 +17,8 @@ from dln.config import build_config
 from dln.dln1 import Batch
 from dln.dln2 import dln2_step
 from dln.layers import LanguageLayer
-from dln.lm.base import LanguageModel, ScoredSample
 from dln.train_config import TrainConfig
+from tests.dln.fakes import HintedSampleModel, content
 
 INPUTS = ["first review", "second review", "third review", "fourth review"]
 CURRENT_HIDDEN, PROPOSED_HIDDEN = "HIDDEN-PROMPT", "NAME-IT"
@@ -27,18 +27,9 @@ LOG_P_TOKEN = {CURRENT_HIDDEN: -0.5, PROPOSED_HIDDEN: -3.0}  # log p(h | x) per 
 P_GOOD = {"VAGUE": [0.4] * 4, "SAYS-GOOD": [0.9, 0.7, 0.9, 0.7], "HINTED": [0.5] * 4}
 
 
-def content(prompt) -> str:
-    return prompt[0]["content"] if isinstance(prompt, list) else str(prompt)
-
-
-class TableModel(LanguageModel):
-    uri = "fake:"
-
+class TableModel(HintedSampleModel):
     def __init__(self) -> None:
         self.hidden_requests: list[str] = []
-
-    def _sample(self, prompts, options, top_p):
-        return [[ScoredSample("HINTED", (1, 2), -1.0) for _ in range(options.n)] for _ in prompts]
 
     def _score_ids(self, contexts, continuations):
         prompts = [next(p for p in LOG_P_TOKEN if content(c).startswith(p)) for c in contexts]

@@ -16,8 +16,8 @@ from dln.config import build_config
 from dln.dln1 import Batch
 from dln.dln2 import dln2_step
 from dln.layers import LanguageLayer
-from dln.lm.base import LanguageModel, ScoredSample
 from dln.train_config import TrainConfig
+from tests.dln.fakes import HintedSampleModel, content
 
 INPUTS = ["first review", "second review", "third review", "fourth review"]
 HIDDEN_PROMPT = "HIDDEN-PROMPT"
@@ -32,18 +32,9 @@ TABLE = {
 }
 
 
-def content(prompt) -> str:
-    return prompt[0]["content"] if isinstance(prompt, list) else str(prompt)
-
-
-class TableModel(LanguageModel):
-    uri = "fake:"
-
+class TableModel(HintedSampleModel):
     def __init__(self) -> None:
         self.backward_prompts: list[str] = []
-
-    def _sample(self, prompts, options, top_p):
-        return [[ScoredSample("HINTED", (1, 2), -1.0) for _ in range(options.n)] for _ in prompts]
 
     def _score_ids(self, contexts, continuations):
         return [[-0.5] * len(ids) for ids in continuations]
